@@ -1,0 +1,59 @@
+# lowbit-asr — every target installs what it needs first (`make install` is idempotent).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
+                r-cran-janeaustenr r-cran-stringr libsndfile1
+PYTEST_ARGS ?=
+
+.PHONY: help install debs test test-all lint benchmark data reproduce clean
+
+help: ## List every target
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) debs ## Create .venv (Python 3.11) with torch 2.14.1, torchaudio 2.11.0 and the package [asr,dev]
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: pip takes the build that lies on this machine's disk.
+	$(PY) -m pip install --quiet torch==2.14.1 torchaudio==2.11.0
+	$(PY) -m pip install --quiet -e '.[asr,dev]'
+	@touch $(STAMP)
+
+debs: ## Install the Debian packages (TTS voices, Austen texts) when root; else name them
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+	  echo "lowbit-asr needs these Debian packages; run as root:"; \
+	  echo "  sudo apt-get install -y $$missing"; exit 1; \
+	fi
+
+test: install ## Run the default test suite (fast, CPU)
+	$(PY) -m pytest -m "not slow and not gpu" -n 2 $(PYTEST_ARGS)
+
+test-all: install ## Run every test, slow ones included
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check src tests benchmarks
+
+benchmark: install ## Print the QAT-overhead table
+	$(PY) benchmarks/qat_overhead.py
+
+data: install ## Generate the embedded speech corpus (mini) under data/
+	@echo "make data: not implemented yet (issue 3)"; exit 1
+
+reproduce: install ## Data -> float baseline -> quantization grid -> frontier -> RESULTS.md
+	@echo "make reproduce: not implemented yet (issue 4)"; exit 1
+
+clean: ## Remove build and run artefacts (keeps .venv and data/)
+	rm -rf .pytest_cache .ruff_cache outputs multirun lightning_logs wandb

@@ -1,0 +1,47 @@
+"""Weight quantization for QAT, as pinned in METHOD.md; usable on any torch model.
+
+Imports nothing from the ASR side. Typical use::
+
+    policy = QuantPolicy.from_config({"default": {"bits": 2, "symmetric": False, "group_size": 16}})
+    prepare(model, policy)                 # fake-quant on every matched weight
+    print(size_report(model, policy).to_markdown())
+"""
+
+from lowbit_asr.quant.fake_quant import (
+    QuantizedWeight,
+    dequantize,
+    fake_quantize,
+    quantize,
+)
+from lowbit_asr.quant.policy import PlannedTensor, PolicyRule, QuantPolicy
+from lowbit_asr.quant.prepare import (
+    FakeQuantize,
+    fake_quant_disabled,
+    fake_quant_modules,
+    is_fake_quant_enabled,
+    prepare,
+    set_fake_quant_enabled,
+)
+from lowbit_asr.quant.size import SizeReport, SizeRow, size_report
+from lowbit_asr.quant.spec import ClipSearch, QuantSpec
+
+__all__ = [
+    "ClipSearch",
+    "FakeQuantize",
+    "PlannedTensor",
+    "PolicyRule",
+    "QuantPolicy",
+    "QuantSpec",
+    "QuantizedWeight",
+    "SizeReport",
+    "SizeRow",
+    "dequantize",
+    "fake_quant_disabled",
+    "fake_quant_modules",
+    "fake_quantize",
+    "is_fake_quant_enabled",
+    "prepare",
+    "quantize",
+    "set_fake_quant_enabled",
+    "size_report",
+]

@@ -1,0 +1,213 @@
+"""Weight quantization as pinned in METHOD.md: grids, sub-channel groups, clipping, STE.
+
+One function, :func:`quantize`, produces the stored form (integer codes, scale, offset) of a
+weight; :func:`dequantize` maps it back; :func:`fake_quantize` is their composition with a
+straight-through gradient, used during training. Because fake-quant and export share
+:func:`quantize`, a packed model dequantizes to exactly the weights seen in training.
+
+Layout: dim 0 of a weight is the output channel O; the remaining dims are flattened (C order)
+into K; K is cut into G = K / g contiguous groups of g elements, so a weight is handled as a
+``(O, G, g)`` tensor. Per-channel is the special case G = 1, g = K.
+
+Scales (and asymmetric offsets) are rounded to ``spec.scale_dtype`` *before* the codes are
+computed, so the codes are the nearest points of the grid that is actually stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lowbit_asr.quant.spec import QuantSpec
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """The stored form of one quantized weight.
+
+    ``codes`` holds signed integers in ``[qmin, qmax]`` with shape ``(O, G, g)``; ``scale`` and
+    ``offset`` (``None`` when symmetric) have shape ``(O, G, 1)`` and ``spec.scale_dtype``.
+    The weight is ``scale * codes + offset``, reshaped to ``shape``.
+    """
+
+    codes: Tensor
+    scale: Tensor
+    offset: Tensor | None
+    shape: tuple[int, ...]
+    spec: QuantSpec
+
+    @property
+    def num_groups(self) -> int:
+        """Number of (scale[, offset]) groups, O * G."""
+        return self.scale.shape[0] * self.scale.shape[1]
+
+
+def grouped_view(weight: Tensor, group_size: int) -> Tensor:
+    """View ``weight`` (O, ...) as (O, G, g) with g = ``group_size`` along the flattened K."""
+    out_channels = weight.shape[0]
+    k = weight.numel() // out_channels
+    return weight.reshape(out_channels, k // group_size, group_size)  # (O, G, g)
+
+
+def _round_to_storage(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Round float32 ``x`` to ``dtype`` (saturating, never inf) and return it as float32."""
+    if dtype == torch.float32:
+        return x
+    limit = torch.finfo(dtype).max
+    return x.clamp(-limit, limit).to(dtype).to(torch.float32)
+
+
+def _grid(w: Tensor, spec: QuantSpec, clip: float | Tensor) -> tuple[Tensor, Tensor | None]:
+    """Stored scale and offset, as float32 values of ``spec.scale_dtype``, for groups ``w``.
+
+    ``w``: (O, G, g) float32. ``clip``: a float or a tensor broadcastable to (O, G, 1).
+    Returns scale (O, G, 1) and offset (O, G, 1) or ``None`` when symmetric.
+    """
+    dtype = spec.torch_scale_dtype
+    tiny = torch.finfo(dtype).tiny
+    if spec.symmetric:
+        amax = w.abs().amax(dim=-1, keepdim=True)  # (O, G, 1)
+        scale = _round_to_storage(amax * (clip / spec.qmax), dtype)
+        # All-zero group: any positive scale reproduces it exactly and avoids 0/0.
+        return scale.clamp_min_(tiny), None
+
+    wmax = w.amax(dim=-1, keepdim=True)  # (O, G, 1)
+    wmin = w.amin(dim=-1, keepdim=True)
+    scale = _round_to_storage((wmax - wmin) * (clip / (2**spec.bits - 1)), dtype)
+    constant = scale == 0
+    # A constant group (s = 0) keeps its value as the offset, unclipped, so it stays exact.
+    xmin = torch.where(constant, wmin, wmin * clip)
+    scale = scale.clamp_min_(tiny)
+    # offset = -s * zp with zp = qmin - xmin / s  =>  offset = xmin - s * qmin
+    offset = _round_to_storage(xmin - scale * spec.qmin, dtype)
+    return scale, offset
+
+
+def _codes(w: Tensor, scale: Tensor, offset: Tensor | None, spec: QuantSpec) -> Tensor:
+    """Round-half-up codes of ``w`` on the stored grid, as float32 in [qmin, qmax]."""
+    x = w / scale if offset is None else (w - offset).div_(scale)
+    return x.add_(0.5).floor_().clamp_(spec.qmin, spec.qmax)
+
+
+def _dequantize_groups(codes: Tensor, scale: Tensor, offset: Tensor | None) -> Tensor:
+    out = codes * scale
+    return out if offset is None else out.add_(offset)
+
+
+def _fake_quant_groups(w: Tensor, spec: QuantSpec, clip: float | Tensor) -> Tensor:
+    """Quantize-dequantize of float32 groups ``w`` (O, G, g); allocates one tensor of w's size."""
+    scale, offset = _grid(w, spec, clip)
+    x = _codes(w, scale, offset, spec)
+    x.mul_(scale)
+    return x if offset is None else x.add_(offset)
+
+
+def _search_clip(w: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    """Try every clip candidate; return the best (O, G, g) dequantized groups and the clip used.
+
+    The L1 error sum |W - Ŵ| is compared per tensor or per output channel. On ties the larger
+    coefficient (earlier candidate) wins. Returns (Ŵ groups, clip as (O, 1, 1) tensor).
+    """
+    search = spec.clip_search
+    assert search is not None
+    out_channels = w.shape[0]
+    best_hat: Tensor | None = None
+    best_err = torch.empty(0)
+    best_clip = torch.ones(out_channels, 1, 1, dtype=w.dtype, device=w.device)
+    for c in search.candidates():
+        w_hat = _fake_quant_groups(w, spec, c)
+        err_groups = (w - w_hat).abs_()
+        if search.per_channel:
+            err = err_groups.sum(dim=(1, 2))  # (O,)
+        else:
+            err = err_groups.sum().reshape(1)  # (1,)
+        if best_hat is None:
+            best_hat, best_err = w_hat, err
+            best_clip.fill_(c)
+            continue
+        better = err < best_err  # (O,) or (1,)
+        if search.per_channel:
+            sel = better.view(-1, 1, 1)
+            best_hat = torch.where(sel, w_hat, best_hat)
+            best_clip = torch.where(sel, torch.full_like(best_clip, c), best_clip)
+            best_err = torch.where(better, err, best_err)
+        elif bool(better):
+            best_hat, best_err = w_hat, err
+            best_clip.fill_(c)
+    assert best_hat is not None
+    return best_hat, best_clip
+
+
+def resolve_group_size(weight: Tensor, spec: QuantSpec, name: str = "weight") -> int:
+    """Group length g for ``weight`` under ``spec`` (K when per-channel); checks divisibility."""
+    if weight.dim() < 2:
+        raise ValueError(f"{name}: only weights with >= 2 dims are quantized, got {weight.dim()}-D")
+    return spec.group_size_for(weight.numel() // weight.shape[0], name)
+
+
+@torch.no_grad()
+def quantize(
+    weight: Tensor, spec: QuantSpec, name: str = "weight", group_size: int | None = None
+) -> QuantizedWeight:
+    """Quantize ``weight`` (O, ...) to its stored form (codes, scale, offset).
+
+    ``group_size`` may be passed when already resolved; otherwise it follows from ``spec``.
+    With clip search the coefficient is chosen here exactly as during training.
+    """
+    g = resolve_group_size(weight, spec, name) if group_size is None else group_size
+    w = grouped_view(weight.detach().to(torch.float32), g)  # (O, G, g)
+    clip: float | Tensor = float(spec.clip)
+    if spec.clip_search is not None:
+        _, clip = _search_clip(w, spec)
+    scale, offset = _grid(w, spec, clip)
+    codes = _codes(w, scale, offset, spec).to(torch.int8)
+    dtype = spec.torch_scale_dtype
+    return QuantizedWeight(
+        codes=codes,
+        scale=scale.to(dtype),
+        offset=None if offset is None else offset.to(dtype),
+        shape=tuple(weight.shape),
+        spec=spec,
+    )
+
+
+def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Weights of a :class:`QuantizedWeight`, in its original shape."""
+    scale = qw.scale.to(torch.float32)
+    offset = None if qw.offset is None else qw.offset.to(torch.float32)
+    out = _dequantize_groups(qw.codes.to(torch.float32), scale, offset)
+    return out.reshape(qw.shape).to(dtype)
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    """Forward: quantize-dequantize. Backward: identity (straight-through estimator).
+
+    The gradient passes unchanged everywhere, clipped weights included, so a weight clipped
+    now can move back inside the range later. Nothing is saved for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, spec: QuantSpec, group_size: int) -> Tensor:  # type: ignore[override]
+        w = grouped_view(weight.to(torch.float32), group_size)  # (O, G, g); a view if float32
+        if spec.clip_search is not None:
+            w_hat, _ = _search_clip(w, spec)
+        else:
+            w_hat = _fake_quant_groups(w, spec, float(spec.clip))
+        return w_hat.reshape(weight.shape).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        return grad_output, None, None
+
+
+def fake_quantize(
+    weight: Tensor, spec: QuantSpec, name: str = "weight", group_size: int | None = None
+) -> Tensor:
+    """Quantize-dequantize ``weight`` with a straight-through gradient.
+
+    Same shape and dtype as ``weight``; equal to ``dequantize(quantize(weight, spec))``.
+    """
+    g = resolve_group_size(weight, spec, name) if group_size is None else group_size
+    return _FakeQuantSTE.apply(weight, spec, g)

@@ -1,0 +1,108 @@
+"""Attach fake quantization to a model's weights with ``torch.nn.utils.parametrize``.
+
+Parametrization works for any module that reads its weight through the attribute at call time:
+``nn.Linear``, ``nn.Conv1d/2d`` (depthwise included), ``nn.MultiheadAttention.in_proj_weight``,
+``nn.LSTM`` ``weight_ih_l*``/``weight_hh_l*``, ``nn.Embedding`` and custom modules. The float
+master weight stays the trained parameter (``<module>.parametrizations.<attr>.original`` in the
+state dict); every forward pass reads its quantize-dequantize.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from lowbit_asr.quant.fake_quant import fake_quantize
+from lowbit_asr.quant.policy import QuantPolicy
+from lowbit_asr.quant.spec import QuantSpec
+
+
+class FakeQuantize(nn.Module):
+    """Parametrization: weight -> quantize-dequantize(weight) with a straight-through gradient.
+
+    Holds no tensors, so it adds nothing to the state dict. ``enabled = False`` passes the
+    float weight through (float warm-up) without rebuilding the model.
+    """
+
+    def __init__(self, spec: QuantSpec, group_size: int, name: str) -> None:
+        super().__init__()
+        self.spec = spec
+        self.group_size = group_size
+        self.param_name = name
+        self.enabled = True
+
+    def forward(self, weight: Tensor) -> Tensor:
+        """Quantize-dequantize ``weight`` (or pass it through when disabled)."""
+        if not self.enabled:
+            return weight
+        return fake_quantize(weight, self.spec, self.param_name, self.group_size)
+
+    def extra_repr(self) -> str:
+        state = "" if self.enabled else ", disabled"
+        return f"{self.spec.short()}, group_size={self.group_size}{state}"
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, attr = name.rpartition(".")
+    return (model.get_submodule(module_name) if module_name else model), attr
+
+
+def prepare(model: nn.Module, policy: QuantPolicy) -> nn.Module:
+    """Attach :class:`FakeQuantize` to every weight the policy quantizes; returns ``model``.
+
+    Modifies ``model`` in place. Validates the policy first (see :meth:`QuantPolicy.plan`), so
+    nothing is attached when the policy is wrong. Preparing twice is an error.
+    """
+    if any(True for _ in fake_quant_modules(model)):
+        raise ValueError(f"{type(model).__name__} is already prepared for fake quantization")
+    for item in policy.plan(model):
+        if item.spec is None:
+            continue
+        module, attr = _owner(model, item.name)
+        assert item.group_size is not None
+        parametrize.register_parametrization(
+            module, attr, FakeQuantize(item.spec, item.group_size, item.name)
+        )
+    return model
+
+
+def fake_quant_modules(model: nn.Module) -> Iterator[tuple[str, FakeQuantize]]:
+    """(logical weight name, its :class:`FakeQuantize`) for every quantized weight."""
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr, plist in module.parametrizations.items():
+            for p in plist:
+                if isinstance(p, FakeQuantize):
+                    yield (f"{module_name}.{attr}" if module_name else attr), p
+
+
+def set_fake_quant_enabled(model: nn.Module, enabled: bool) -> int:
+    """Switch fake quantization on or off everywhere in ``model``; returns how many weights."""
+    count = 0
+    for _, fq in fake_quant_modules(model):
+        fq.enabled = enabled
+        count += 1
+    return count
+
+
+def is_fake_quant_enabled(model: nn.Module) -> bool:
+    """True when the model has fake-quantized weights and all of them are enabled."""
+    states = [fq.enabled for _, fq in fake_quant_modules(model)]
+    return bool(states) and all(states)
+
+
+@contextlib.contextmanager
+def fake_quant_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Context in which ``model`` runs with float weights; restores each module's state after."""
+    saved = [(fq, fq.enabled) for _, fq in fake_quant_modules(model)]
+    for fq, _ in saved:
+        fq.enabled = False
+    try:
+        yield model
+    finally:
+        for fq, state in saved:
+            fq.enabled = state

@@ -1,0 +1,1 @@
+"""LightningModule (loss, metrics, optimisation), callbacks, frontier logging."""

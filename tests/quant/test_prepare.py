@@ -1,0 +1,198 @@
+"""prepare(): fake quantization on every module type the Conformer RNN-T uses."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit_asr.quant import (
+    QuantPolicy,
+    QuantSpec,
+    fake_quant_disabled,
+    fake_quant_modules,
+    fake_quantize,
+    is_fake_quant_enabled,
+    prepare,
+    set_fake_quant_enabled,
+)
+
+
+class Zoo(nn.Module):
+    """Every weight-holding module type of a Conformer RNN-T, wired into one forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv2d = nn.Conv2d(1, 8, 3, stride=2)
+        self.proj = nn.Linear(8 * 3, 16)
+        self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.pointwise = nn.Conv1d(16, 32, 1)
+        self.depthwise = nn.Conv1d(32, 32, 3, padding=1, groups=32)
+        self.bn = nn.BatchNorm1d(32)
+        self.embedding = nn.Embedding(20, 16)
+        self.lstm = nn.LSTM(16, 16, num_layers=2, batch_first=True)
+        self.joiner = nn.Linear(32 + 16, 8)
+
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.conv2d(feats.unsqueeze(1))  # (N, 8, T', 3)
+        x = self.proj(x.permute(0, 2, 1, 3).flatten(2))  # (N, T', 16)
+        x = self.norm(x + self.mha(x, x, x, need_weights=False)[0])
+        x = self.bn(self.depthwise(self.pointwise(x.transpose(1, 2))))  # (N, 32, T')
+        y, _ = self.lstm(self.embedding(tokens))  # (N, U, 16)
+        joint = torch.cat([x.mean(-1), y.mean(1)], dim=-1)  # (N, 48)
+        return self.joiner(joint)
+
+
+WEIGHTS = [
+    "conv2d.weight", "proj.weight", "mha.in_proj_weight", "mha.out_proj.weight",
+    "pointwise.weight", "depthwise.weight", "embedding.weight",
+    "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l1", "lstm.weight_hh_l1",
+    "joiner.weight",
+]
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(3, 11, 7, generator=g), torch.randint(0, 20, (3, 5), generator=g)
+
+
+def _zoo() -> Zoo:
+    torch.manual_seed(0)
+    return Zoo().eval()
+
+
+def _policy() -> QuantPolicy:
+    # 2-bit asymmetric everywhere, with a rule per special case so each path is exercised.
+    return QuantPolicy.from_config({
+        "default": {"bits": 2, "symmetric": False, "group_size": 8},
+        "rules": [
+            {"pattern": "conv2d.weight", "spec": {"bits": 8}},  # K = 9: per-channel
+            {"pattern": "depthwise.weight", "spec": {"bits": 4, "symmetric": False}},  # K = 3
+            {"pattern": "re:lstm\\.weight_hh_l\\d", "spec": {"bits": 3, "symmetric": False,
+                                                             "sub_channels": 2}},
+        ],
+    })
+
+
+def test_every_weight_is_quantized_in_forward():
+    feats, tokens = _inputs()
+    model = _zoo()
+    float_out = model(feats, tokens)
+    # Reference: an unprepared copy whose weights are overwritten by their fake-quant values.
+    reference = copy.deepcopy(model)
+    policy = _policy()
+    with torch.no_grad():
+        for name in WEIGHTS:
+            spec, _ = policy.match(name)
+            module_name, attr = name.rsplit(".", 1)
+            module = reference.get_submodule(module_name)
+            getattr(module, attr).copy_(fake_quantize(getattr(module, attr), spec, name))
+    prepare(model, policy)
+    assert sorted(n for n, _ in fake_quant_modules(model)) == sorted(WEIGHTS)
+    out = model(feats, tokens)
+    torch.testing.assert_close(out, reference(feats, tokens), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out, float_out, atol=1e-3), "2-bit weights must change the output"
+    # The float masters are untouched; biases and norms are never parametrized.
+    assert model.lstm.parametrizations.weight_ih_l0.original.dtype == torch.float32
+    assert not hasattr(model.mha, "parametrizations") or "in_proj_bias" not in \
+        model.mha.parametrizations
+
+
+def test_state_dict_round_trip_keeps_float_masters():
+    feats, tokens = _inputs()
+    model = prepare(_zoo(), _policy())
+    state = model.state_dict()
+    assert "proj.parametrizations.weight.original" in state
+    assert "lstm.parametrizations.weight_hh_l1.original" in state
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    restored = prepare(Zoo().eval(), _policy())
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(restored(feats, tokens), model(feats, tokens))
+    # A prepared checkpoint cannot be loaded into a float model by accident.
+    with pytest.raises(RuntimeError, match="parametrizations"):
+        Zoo().load_state_dict(state)
+
+
+def test_gradients_reach_the_float_masters():
+    feats, tokens = _inputs()
+    model = prepare(_zoo().train(), _policy())
+    model(feats, tokens).square().sum().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+
+
+def test_switch_off_and_on_without_rebuilding():
+    feats, tokens = _inputs()
+    model = _zoo()
+    float_out = model(feats, tokens)
+    prepare(model, _policy())
+    quant_out = model(feats, tokens)
+    assert is_fake_quant_enabled(model)
+    with fake_quant_disabled(model):
+        assert not is_fake_quant_enabled(model)
+        assert torch.equal(model(feats, tokens), float_out)
+    assert torch.equal(model(feats, tokens), quant_out)
+    assert set_fake_quant_enabled(model, False) == len(WEIGHTS)
+    assert torch.equal(model(feats, tokens), float_out)
+    set_fake_quant_enabled(model, True)
+    assert torch.equal(model(feats, tokens), quant_out)
+
+
+def test_rule_matching_nothing_is_an_error_and_nothing_is_attached():
+    model = _zoo()
+    policy = QuantPolicy.from_config({
+        "default": {"bits": 4},
+        "rules": [{"pattern": "encoder.*", "spec": None}],
+    })
+    with pytest.raises(ValueError, match=r"quantizer\.rules\[0\] pattern 'encoder\.\*' matches no"):
+        prepare(model, policy)
+    assert not list(fake_quant_modules(model))
+    # A rule that only matches biases or norms matches no quantizable weight either.
+    bias_only = QuantPolicy.from_config({"rules": [{"pattern": "*.bias", "spec": {"bits": 4}}]})
+    with pytest.raises(ValueError, match="matches no quantizable weight"):
+        prepare(model, bias_only)
+
+
+def test_indivisible_group_size_errors_or_falls_back():
+    strict = QuantPolicy.from_config({"default": {"bits": 2, "symmetric": False,
+                                                  "group_size": 8}})
+    with pytest.raises(ValueError, match=r"conv2d\.weight: group_size=8 does not divide .*K=9"):
+        prepare(_zoo(), strict)
+    lenient = QuantPolicy.from_config({"default": {"bits": 2, "symmetric": False,
+                                                   "group_size": 8},
+                                       "indivisible": "per_channel"})
+    plan = {p.name: p for p in lenient.plan(_zoo())}
+    assert plan["conv2d.weight"].spec.granularity == "per_channel"
+    assert "fell back to per_channel" in plan["conv2d.weight"].source
+    assert plan["depthwise.weight"].group_size == 3
+    assert plan["proj.weight"].group_size == 8
+    prepare(_zoo(), lenient)
+
+
+def test_prepare_twice_and_float_policy():
+    model = prepare(_zoo(), _policy())
+    with pytest.raises(ValueError, match="already prepared"):
+        prepare(model, _policy())
+    untouched = prepare(_zoo(), QuantPolicy())
+    assert not list(fake_quant_modules(untouched))
+
+
+def test_training_step_updates_masters_and_keeps_levels():
+    feats, tokens = _inputs()
+    model = prepare(_zoo().train(), QuantPolicy.uniform(QuantSpec(2, symmetric=False,
+                                                                  sub_channels=1)))
+    before = model.proj.parametrizations.weight.original.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(feats, tokens).square().sum().backward()
+    opt.step()
+    after = model.proj.parametrizations.weight.original
+    assert not torch.equal(before, after)
+    levels = [len(torch.unique(row)) for row in model.proj.weight]
+    assert max(levels) <= 4
