@@ -1,0 +1,38 @@
+"""``lowbit-asr <command> [hydra overrides]``: one entry point, one module per command."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "size": ("lowbit_asr.commands.size", "per-tensor size table of a model under a quantizer"),
+    "corpus": ("lowbit_asr.data.corpus", "generate the embedded TTS corpus (LibriSpeech layout)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: lowbit-asr <command> [args]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Hydra commands take overrides, e.g.: lowbit-asr size quantizer=int2_asym_g16"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch to the command's own ``main`` with the remaining arguments."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"lowbit-asr: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    module = importlib.import_module(COMMANDS[name][0])
+    # Hydra and argparse read sys.argv; present the command as its own program.
+    sys.argv = [f"lowbit-asr {name}", *rest]
+    module.main()
+
+
+if __name__ == "__main__":
+    main()

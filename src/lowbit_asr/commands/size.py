@@ -1,0 +1,32 @@
+"""``lowbit-asr size model=… quantizer=…``: print the per-tensor size table of a model.
+
+Proof, per layer, of what a quantizer config does: every parameter and buffer with its format,
+bits, scale groups and total bits, then the totals in bits, bytes and MB (10^6 bytes).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lowbit_asr.model.rnnt import build_model, count_parameters
+from lowbit_asr.quant import QuantPolicy, size_report
+
+CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="size")
+def main(cfg: DictConfig) -> None:
+    """Build the model (float), resolve the policy against it, print the report."""
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), cfg.vocab_size)
+    policy = QuantPolicy.from_config(OmegaConf.to_container(cfg.quantizer, resolve=True))
+    report = size_report(model, policy)
+    if cfg.format == "json":
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(f"# {policy.name or 'quantizer'} on {cfg.model_name}"
+              f" ({count_parameters(model) / 1e6:.2f} M parameters, vocab {cfg.vocab_size})\n")
+        print(report.to_markdown())
