@@ -1,0 +1,282 @@
+"""RNN-T: Conformer encoder + LSTM predictor + additive joiner, RNN-T loss, optional CTC head.
+
+Blank is token id 0 and is also the start-of-sequence input of the predictor.
+
+Memory: the loss needs the full joint lattice, logits of shape (N, T, U+1, V) in float32, plus
+the joiner's hidden activations (N, T, U+1, J) and, inside torchaudio's fused loss, a gradient
+tensor as large as the logits. For 8 utterances x 16 s at 40 ms frames (T = 400), U = 100 tokens,
+V = 256 and J = 320, that is ~8*400*101*(2*256 + 320)*4 B ~ 1.1 GB. ``joint_chunk_size`` bounds
+it: the lattice is then built and reduced a few utterances at a time under activation
+checkpointing (the joiner is recomputed in backward), each chunk trimmed to its own longest T
+and U, so peak memory scales with the chunk, not the batch; the loss value and gradients are
+unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchaudio.functional as AF
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.utils.checkpoint import checkpoint
+
+from lowbit_asr.model.config import BLANK_ID, DecodingConfig, ModelConfig, PredictorConfig
+from lowbit_asr.model.conformer import ConformerEncoder
+from lowbit_asr.model.decoding import search
+from lowbit_asr.model.rnnt_loss import rnnt_nll
+
+LSTMState = tuple[Tensor, Tensor]
+"""LSTM hidden and cell state, each (num_layers, B, H)."""
+
+
+class Predictor(nn.Module):
+    """Prediction network: Embedding(V, E) -> dropout -> LSTM -> dropout.
+
+    The LSTM is called inside ``parametrize.cached()``: ``nn.LSTM`` looks its weights up several
+    times per call (``_update_flat_weights`` does ``hasattr`` then ``getattr``), which evaluates a
+    parametrization (e.g. a fake-quantizer) 2-4 times per weight and call without the cache.
+    """
+
+    def __init__(self, cfg: PredictorConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim)
+        self.lstm = nn.LSTM(
+            cfg.embed_dim,
+            cfg.hidden_dim,
+            num_layers=cfg.num_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the predictor output."""
+        return self.cfg.hidden_dim
+
+    def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """Run token ids (N, U) to outputs (N, U, H); ``state`` continues a previous call."""
+        x = self.dropout(self.embedding(tokens))  # (N, U, E)
+        with parametrize.cached():
+            out, state = self.lstm(x, state)  # (N, U, H)
+        return self.dropout(out), state
+
+    def step(self, tokens: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:
+        """One step for a batch of last tokens (B,) -> outputs (B, H) and the new state."""
+        out, state = self(tokens[:, None], state)  # (B, 1, H)
+        return out[:, 0], state
+
+
+class Joiner(nn.Module):
+    """Joint network: tanh(enc_proj(enc) + pred_proj(pred)) -> output Linear to the vocabulary.
+
+    Split into ``project_encoder`` / ``project_predictor`` / ``join`` so that search projects each
+    encoder frame once and the loss broadcasts the (N, T, 1, J) and (N, 1, U+1, J) projections
+    instead of materialising concatenated inputs.
+    """
+
+    def __init__(self, encoder_dim: int, predictor_dim: int, joint_dim: int, vocab_size: int):
+        super().__init__()
+        self.enc_proj = nn.Linear(encoder_dim, joint_dim)
+        self.pred_proj = nn.Linear(predictor_dim, joint_dim)
+        self.output = nn.Linear(joint_dim, vocab_size)
+
+    def project_encoder(self, enc: Tensor) -> Tensor:
+        """Encoder frames (..., E) -> (..., J)."""
+        return self.enc_proj(enc)
+
+    def project_predictor(self, pred: Tensor) -> Tensor:
+        """Predictor outputs (..., H) -> (..., J)."""
+        return self.pred_proj(pred)
+
+    def join(self, enc_proj: Tensor, pred_proj: Tensor) -> Tensor:
+        """Logits (..., V) from broadcastable projected inputs (..., J)."""
+        return self.output(torch.tanh(enc_proj + pred_proj))
+
+    def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
+        """Logits (..., V) from broadcastable encoder (..., E) and predictor (..., H) outputs."""
+        return self.join(self.project_encoder(enc), self.project_predictor(pred))
+
+
+def _rnnt_loss_sum(
+    joiner: Joiner,
+    enc_proj: Tensor,
+    pred_proj: Tensor,
+    targets: Tensor,
+    enc_lens: Tensor,
+    target_lens: Tensor,
+    impl: str,
+) -> Tensor:
+    """Summed RNN-T loss of a chunk; inputs are trimmed to this chunk's longest T and U."""
+    t_max = int(enc_lens.max())
+    u_max = int(target_lens.max())
+    logits = joiner.join(
+        enc_proj[:, :t_max, None, :],  # (n, T, 1, J)
+        pred_proj[:, None, : u_max + 1, :],  # (n, 1, U+1, J)
+    )  # (n, T, U+1, V)
+    if impl == "torch":
+        return rnnt_nll(logits, targets[:, :u_max], enc_lens, target_lens, BLANK_ID).sum()
+    return AF.rnnt_loss(
+        logits.float(),
+        targets[:, :u_max].int(),
+        enc_lens.int(),
+        target_lens.int(),
+        blank=BLANK_ID,
+        reduction="sum",
+        fused_log_softmax=True,
+    )
+
+
+class RNNT(nn.Module):
+    """Conformer transducer with an optional auxiliary CTC head.
+
+    ``forward`` returns the training losses; ``decode`` returns token ids per utterance.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2 (blank + one token), got {vocab_size}")
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.encoder = ConformerEncoder(cfg.encoder)
+        self.predictor = Predictor(cfg.predictor, vocab_size)
+        self.joiner = Joiner(
+            self.encoder.output_dim, self.predictor.output_dim, cfg.joiner.dim, vocab_size
+        )
+        # Built only when used, so that a CTC-free model has no dead parameters to count or
+        # quantize.
+        self.ctc_head = (
+            nn.Linear(self.encoder.output_dim, vocab_size) if cfg.ctc_weight > 0 else None
+        )
+
+    def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder frames (N, T', E) and their lengths (N,) for features (N, T, F)."""
+        return self.encoder(feats, feat_lens)
+
+    def forward(
+        self, feats: Tensor, feat_lens: Tensor, targets: Tensor, target_lens: Tensor
+    ) -> dict[str, Tensor]:
+        """Training losses for a batch.
+
+        Args:
+            feats: (N, T, F) input features, padded.
+            feat_lens: (N,) valid frames per utterance.
+            targets: (N, U) token ids in [1, V), padded with any valid id (e.g. 0).
+            target_lens: (N,) valid tokens per utterance.
+
+        Returns:
+            ``loss`` = ``rnnt_loss`` + ``ctc_weight`` * ``ctc_loss``; ``rnnt_loss`` and
+            ``ctc_loss`` are the summed negative log-likelihoods divided by N (torchaudio's
+            ``reduction="mean"``: mean over utterances of per-utterance NLL). ``ctc_loss`` is a
+            detached zero when the CTC head is disabled.
+        """
+        enc, enc_lens, enc_proj, pred_proj = self._project(feats, feat_lens, targets)
+        n = enc.size(0)
+        chunk = self.cfg.joint_chunk_size or n
+        total = enc.new_zeros((), dtype=torch.float32)
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            args = (
+                self.joiner, enc_proj[part], pred_proj[part], targets[part], enc_lens[part],
+                target_lens[part], self.cfg.rnnt_loss_impl,
+            )
+            if chunk < n and torch.is_grad_enabled():
+                # Keep only this chunk's lattice alive; backward rebuilds it.
+                total = total + checkpoint(_rnnt_loss_sum, *args, use_reentrant=False)
+            else:
+                total = total + _rnnt_loss_sum(*args)
+        rnnt_loss = total / n
+
+        if self.ctc_head is not None:
+            log_probs = F.log_softmax(self.ctc_head(enc).float(), dim=-1)  # (N, T', V)
+            ctc_loss = F.ctc_loss(
+                log_probs.transpose(0, 1),  # (T', N, V)
+                targets,
+                enc_lens,
+                target_lens,
+                blank=BLANK_ID,
+                reduction="sum",
+                zero_infinity=True,  # a frame-starved utterance must not poison the batch
+            ) / n
+            loss = rnnt_loss + self.cfg.ctc_weight * ctc_loss
+        else:
+            ctc_loss = rnnt_loss.new_zeros(())
+            loss = rnnt_loss
+        return {"loss": loss, "rnnt_loss": rnnt_loss, "ctc_loss": ctc_loss}
+
+    def _project(
+        self, feats: Tensor, feat_lens: Tensor, targets: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Encoder output (N, T', E), its lengths (N,), and both joiner projections:
+        encoder (N, T', J) and predictor (N, U+1, J) for blank-prefixed targets (N, U)."""
+        enc, enc_lens = self.encode(feats, feat_lens)  # (N, T', E), (N,)
+        sos = targets.new_full((targets.size(0), 1), BLANK_ID)
+        pred, _ = self.predictor(torch.cat([sos, targets], dim=1))  # (N, U+1, H)
+        return (
+            enc, enc_lens, self.joiner.project_encoder(enc), self.joiner.project_predictor(pred)
+        )
+
+    @torch.no_grad()
+    def sequence_log_prob(
+        self, feats: Tensor, feat_lens: Tensor, hyps: list[list[int]]
+    ) -> Tensor:
+        """Exact log P(y | x) (N,) of token sequences ``hyps``, summed over all alignments."""
+        device = feats.device
+        target_lens = torch.tensor([len(h) for h in hyps], dtype=torch.long, device=device)
+        targets = torch.zeros(len(hyps), max(1, max(map(len, hyps))), dtype=torch.long,
+                              device=device)  # (N, U), padded with blank
+        for i, hyp in enumerate(hyps):
+            targets[i, : len(hyp)] = torch.tensor(hyp, dtype=torch.long, device=device)
+        _, enc_lens, enc_proj, pred_proj = self._project(feats, feat_lens, targets)
+        logits = self.joiner.join(enc_proj[:, :, None], pred_proj[:, None])  # (N, T', U+1, V)
+        return -rnnt_nll(logits, targets, enc_lens, target_lens, BLANK_ID)
+
+    @torch.no_grad()
+    def decode(
+        self, feats: Tensor, feat_lens: Tensor, cfg: DecodingConfig | None = None
+    ) -> list[list[int]]:
+        """Token ids (no blanks) per utterance, by ``cfg`` or else ``self.cfg.decoding``.
+
+        Leaves the train/eval mode as it is; call ``eval()`` first for deterministic output.
+        """
+        cfg = cfg or self.cfg.decoding
+        # Weights do not change during search: evaluate each parametrization once per call
+        # instead of once per predictor step.
+        with parametrize.cached():
+            enc, enc_lens = self.encode(feats, feat_lens)
+            return search(self, enc, enc_lens, cfg)
+
+    def summary(self) -> str:
+        """One line: architecture and parameter counts per part."""
+        e, p = self.cfg.encoder, self.cfg.predictor
+        parts = {
+            "enc": count_parameters(self.encoder),
+            "pred": count_parameters(self.predictor),
+            "joint": count_parameters(self.joiner),
+        }
+        if self.ctc_head is not None:
+            parts["ctc"] = count_parameters(self.ctc_head)
+        detail = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in parts.items())
+        return (
+            f"Conformer-RNNT {e.num_layers}x{e.d_model} h{e.num_heads} k{e.conv_kernel} "
+            f"sub{e.subsampling_factor} | LSTM {p.num_layers}x{p.hidden_dim} | "
+            f"joint {self.cfg.joiner.dim} | V {self.vocab_size} | "
+            f"{count_parameters(self) / 1e6:.2f}M params ({detail})"
+        )
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements (parametrized weights count their original once)."""
+    return sum(
+        p.numel() for p in module.parameters() if p.requires_grad or not trainable_only
+    )
+
+
+def build_model(cfg: ModelConfig | dict, vocab_size: int) -> RNNT:
+    """Build an ``RNNT`` from a ``ModelConfig`` or a (possibly nested) mapping of its fields."""
+    if not isinstance(cfg, ModelConfig):
+        cfg = ModelConfig(**cfg)
+    return RNNT(cfg, vocab_size)

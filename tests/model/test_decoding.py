@@ -1,0 +1,69 @@
+"""Greedy and beam search: agreement, batching, symbol cap, and search quality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit_asr.model import RNNT, DecodingConfig, beam_search, greedy_search
+
+
+def _peaky(model: RNNT, scale: float = 4.0) -> RNNT:
+    """Sharpen the joiner so a random model makes confident, non-trivial decisions."""
+    with torch.no_grad():
+        model.joiner.output.weight.mul_(scale)
+    return model.eval()
+
+
+@pytest.mark.parametrize("max_symbols", [1, 3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_one_equals_greedy(make_model, make_batch, seed: int, max_symbols: int) -> None:
+    model = _peaky(make_model(seed=seed))
+    feats, feat_lens, _, _ = make_batch(seed=seed)
+    enc, enc_lens = model.encode(feats, feat_lens)
+    greedy = greedy_search(model, enc, enc_lens, max_symbols)
+    beam = beam_search(model, enc, enc_lens, beam_size=1, max_symbols_per_frame=max_symbols)
+    assert beam == greedy
+    assert any(greedy)  # non-trivial: something was emitted
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_beam_never_scores_worse_than_greedy(make_model, make_batch, seed: int) -> None:
+    # Score = exact log P(y|x) under the model (all alignments), not the search's own score.
+    model = _peaky(make_model(seed=seed), scale=2.0)
+    feats, feat_lens, _, _ = make_batch(seed=seed)
+    greedy = model.decode(feats, feat_lens, DecodingConfig("greedy", max_symbols_per_frame=3))
+    beam = model.decode(feats, feat_lens, DecodingConfig("beam", 4, max_symbols_per_frame=3))
+    greedy_score = model.sequence_log_prob(feats, feat_lens, greedy)
+    beam_score = model.sequence_log_prob(feats, feat_lens, beam)
+    assert (beam_score >= greedy_score - 1e-4).all(), (beam_score, greedy_score)
+
+
+def test_greedy_batched_equals_one_by_one(make_model, make_batch) -> None:
+    model = _peaky(make_model(seed=4))
+    feats, feat_lens, _, _ = make_batch(seed=4, lengths=(70, 33, 52, 41))
+    batched = model.decode(feats, feat_lens)
+    for i, length in enumerate(feat_lens.tolist()):
+        alone = model.decode(feats[i : i + 1, :length], feat_lens[i : i + 1])
+        assert alone[0] == batched[i]
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_symbol_cap_and_no_blanks_in_output(make_model, make_batch, method: str) -> None:
+    model = make_model(seed=0).eval()
+    with torch.no_grad():
+        model.joiner.output.bias[0] = -1e4  # blank never wins: every frame hits the cap
+    feats, feat_lens, _, _ = make_batch()
+    cfg = DecodingConfig(method, beam_size=3, max_symbols_per_frame=2)
+    hyps = model.decode(feats, feat_lens, cfg)
+    frames = model.encoder.output_lengths(feat_lens).tolist()
+    assert [len(h) for h in hyps] == [2 * f for f in frames]
+    assert all(0 not in h for h in hyps)
+
+
+def test_decode_uses_model_config_by_default(make_model, make_batch) -> None:
+    model = _peaky(make_model(seed=1, decoding=DecodingConfig("beam", beam_size=1)))
+    feats, feat_lens, _, _ = make_batch(seed=1)
+    assert model.decode(feats, feat_lens) == model.decode(
+        feats, feat_lens, DecodingConfig("greedy", max_symbols_per_frame=5)
+    )
