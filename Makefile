@@ -49,8 +49,10 @@ lint: install ## ruff
 benchmark: install ## Print the QAT-overhead table
 	$(PY) benchmarks/qat_overhead.py
 
-data: install ## Generate the embedded speech corpus (mini) under data/
-	@echo "make data: not implemented yet (issue 3)"; exit 1
+CORPUS_SIZE ?= mini
+CORPUS_SEED ?= 0
+data: install ## Generate the embedded TTS corpus (CORPUS_SIZE=mini|tiny, CORPUS_SEED=0) in data/
+	$(VENV)/bin/lowbit-asr corpus --size $(CORPUS_SIZE) --seed $(CORPUS_SEED) --out data/embedded-$(CORPUS_SIZE)
 
 reproduce: install ## Data -> float baseline -> quantization grid -> frontier -> RESULTS.md
 	@echo "make reproduce: not implemented yet (issue 4)"; exit 1

@@ -1,15 +1,16 @@
-"""QAT overhead: training-step time of a small Conformer RNN-T, float vs fake-quantized.
+"""QAT overhead: training-step time of the Conformer RNN-T, float vs fake-quantized.
 
-Prints a markdown table (median ms per forward+backward step, ratio to float) for:
-float; int2 asymmetric sub-channel (group 16); the same with per-tensor and per-channel clip
-search. The model is the parameter mix of `conformer_tiny`-like shapes (d = 144, 6 blocks,
-4 heads, conv kernel 31, LSTM predictor, joiner over (N, T, U+1)), built from stock modules
-so the benchmark runs without the ASR side.
+Prints a markdown table (median ms per forward+backward step, ratio to float) for float,
+int2 asymmetric sub-channel (group 16), and the same with per-tensor and per-channel clip
+search, on a model built from ``conf/model/<model>.yaml`` with random features and targets.
+A second table times the fake quantization of all weights alone (what QAT adds to a forward;
+the straight-through backward is free).
 
-    python benchmarks/qat_overhead.py [--blocks 6] [--d-model 144] [--batch 8] [--frames 250]
+    python benchmarks/qat_overhead.py [--model conformer_tiny] [--batch 8] [--seconds 8]
 
-Float and QAT steps are interleaved (A, B, C, A, B, C, ...) so drift in machine load hits all
-variants alike; the median of ``--steps`` timed steps is reported after ``--warmup`` steps.
+Variants are interleaved (A, B, C, A, B, C, ...) so drift in machine load hits all alike; the
+median of ``--steps`` timed steps is reported after ``--warmup`` steps. Run it on a quiet
+machine: with other processes on the cores, OpenMP threads stall and ratios mean little.
 """
 
 from __future__ import annotations
@@ -18,74 +19,25 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
-from lowbit_asr.quant import QuantPolicy, prepare, size_report
+from lowbit_asr.model.rnnt import build_model, count_parameters
+from lowbit_asr.quant import QuantPolicy, fake_quant_modules, prepare, size_report
 
-
-class StandInBlock(nn.Module):
-    """Conformer block shapes: two FFNs, MHA, conv module (pointwise, depthwise, BN)."""
-
-    def __init__(self, d: int, heads: int, kernel: int) -> None:
-        super().__init__()
-        self.ff1 = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
-        self.attn_norm = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.conv_norm = nn.LayerNorm(d)
-        self.pointwise1 = nn.Conv1d(d, 2 * d, 1)
-        self.depthwise = nn.Conv1d(d, d, kernel, padding=kernel // 2, groups=d)
-        self.bn = nn.BatchNorm1d(d)
-        self.pointwise2 = nn.Conv1d(d, d, 1)
-        self.ff2 = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
-        self.out_norm = nn.LayerNorm(d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, d)
-        x = x + 0.5 * self.ff1(x)
-        h = self.attn_norm(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        h = self.conv_norm(x).transpose(1, 2)  # (N, d, T)
-        h = nn.functional.glu(self.pointwise1(h), dim=1)
-        h = self.pointwise2(nn.functional.silu(self.bn(self.depthwise(h))))
-        x = x + h.transpose(1, 2)
-        return self.out_norm(x + 0.5 * self.ff2(x))
-
-
-class StandInRNNT(nn.Module):
-    """Subsampling convs + Conformer blocks + LSTM predictor + joiner."""
-
-    def __init__(self, d: int, blocks: int, heads: int, kernel: int, vocab: int, pred: int) -> None:
-        super().__init__()
-        self.subsample = nn.Sequential(
-            nn.Conv2d(1, d, 3, stride=2), nn.ReLU(), nn.Conv2d(d, d, 3, stride=2), nn.ReLU()
-        )
-        self.subsample_proj = nn.Linear(d * 19, d)  # 80 mel bins -> 39 -> 19
-        self.blocks = nn.ModuleList(StandInBlock(d, heads, kernel) for _ in range(blocks))
-        self.embedding = nn.Embedding(vocab, pred)
-        self.lstm = nn.LSTM(pred, pred, batch_first=True)
-        self.joiner_enc = nn.Linear(d, pred)
-        self.joiner_pred = nn.Linear(pred, pred)
-        self.joiner_out = nn.Linear(pred, vocab)
-
-    def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.subsample(feats.unsqueeze(1))  # (N, d, T/4, 19)
-        x = self.subsample_proj(x.permute(0, 2, 1, 3).flatten(2))  # (N, T/4, d)
-        for block in self.blocks:
-            x = block(x)
-        y, _ = self.lstm(self.embedding(tokens))  # (N, U+1, pred)
-        joint = self.joiner_enc(x).unsqueeze(2) + self.joiner_pred(y).unsqueeze(1)  # (N, T, U+1, P)
-        return self.joiner_out(torch.tanh(joint))  # (N, T, U+1, V)
-
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 POLICIES = {
     "int2 asym g16": {"default": {"bits": 2, "symmetric": False, "group_size": 16},
                       "indivisible": "per_channel"},
-    "int2 asym g16 + clip search (tensor)": {
+    "int2 asym g16 + clip search (tensor, 8)": {
         "default": {"bits": 2, "symmetric": False, "group_size": 16,
                     "clip_search": {"min": 0.5, "steps": 8}},
         "indivisible": "per_channel"},
-    "int2 asym g16 + clip search (channel)": {
+    "int2 asym g16 + clip search (channel, 8)": {
         "default": {"bits": 2, "symmetric": False, "group_size": 16,
                     "clip_search": {"min": 0.5, "steps": 8, "per_channel": True}},
         "indivisible": "per_channel"},
@@ -94,39 +46,53 @@ POLICIES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--blocks", type=int, default=6)
-    parser.add_argument("--d-model", type=int, default=144)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kernel", type=int, default=31)
+    parser.add_argument("--model", default="conformer_tiny", help="a name under conf/model/")
     parser.add_argument("--vocab", type=int, default=256)
-    parser.add_argument("--pred", type=int, default=320)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=1000, help="input 10 ms frames")
-    parser.add_argument("--tokens", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=8.0, help="audio per utterance")
+    parser.add_argument("--tokens", type=int, default=40, help="target tokens per utterance")
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--only", choices=["all", "no-search"], default="all")
+    parser.add_argument("--no-search", action="store_true", help="skip the clip-search rows")
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="time encoder forward+backward only (no joiner/loss): the worst case")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    base = StandInRNNT(args.d_model, args.blocks, args.heads, args.kernel, args.vocab, args.pred)
+    model_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{args.model}.yaml"))
+    base = build_model(model_cfg, args.vocab).train()
     variants: dict[str, nn.Module] = {"float": base}
-    policies = {k: v for k, v in POLICIES.items() if args.only == "all" or "search" not in k}
-    for label, config in policies.items():
+    for label, config in POLICIES.items():
+        if args.no_search and "search" in label:
+            continue
         variants[label] = prepare(copy.deepcopy(base), QuantPolicy.from_config(config))
-    params = sum(p.numel() for p in base.parameters())
-    report = size_report(base, QuantPolicy.from_config(POLICIES["int2 asym g16"]))
 
-    feats = torch.randn(args.batch, args.frames, 80)
-    tokens = torch.randint(0, args.vocab, (args.batch, args.tokens + 1))
+    frames = int(args.seconds * 100)
+    feats = torch.randn(args.batch, frames, 80)
+    feat_lens = torch.full((args.batch,), frames, dtype=torch.long)
+    targets = torch.randint(1, args.vocab, (args.batch, args.tokens))
+    target_lens = torch.full((args.batch,), args.tokens, dtype=torch.long)
     times: dict[str, list[float]] = {k: [] for k in variants}
+    fq_times: dict[str, list[float]] = {k: [] for k in variants if k != "float"}
 
     def step(model: nn.Module) -> float:
         start = time.perf_counter()
         model.zero_grad(set_to_none=True)
-        model(feats, tokens).float().logsumexp(-1).mean().backward()
+        if args.encoder_only:
+            enc, _ = model.encode(feats, feat_lens)  # (N, T', E)
+            enc.square().mean().backward()
+        else:
+            model(feats, feat_lens, targets, target_lens)["loss"].backward()
+        return time.perf_counter() - start
+
+    def fake_quant_all(model: nn.Module) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for name, _ in fake_quant_modules(model):
+                module_name, attr = name.rsplit(".", 1)
+                getattr(model.get_submodule(module_name), attr)
         return time.perf_counter() - start
 
     for i in range(args.warmup + args.steps):
@@ -134,18 +100,23 @@ def main() -> None:
             elapsed = step(model)
             if i >= args.warmup:
                 times[label].append(elapsed)
+                if label in fq_times:
+                    fq_times[label].append(fake_quant_all(model))
 
     float_ms = statistics.median(times["float"]) * 1e3
-    print(f"model: {args.blocks} blocks × d {args.d_model}, {params / 1e6:.2f} M params;"
-          f" batch {args.batch} × {args.frames} frames, U+1 = {args.tokens + 1};"
-          f" {args.threads} threads; torch {torch.__version__}")
-    print(f"int2 asym g16 size: {report.total_mb:.3f} MB vs float32"
-          f" {report.float32_bytes / 1e6:.3f} MB\n")
-    print("| variant | step ms (median) | min ms | ratio to float |")
-    print("|---|---:|---:|---:|")
+    report = size_report(base, QuantPolicy.from_config(POLICIES["int2 asym g16"]))
+    what = "encoder only" if args.encoder_only else "full RNN-T loss"
+    print(f"model: {args.model} ({what}), {count_parameters(base) / 1e6:.2f} M params"
+          f" (vocab {args.vocab});"
+          f" batch {args.batch} × {args.seconds:g} s, U = {args.tokens}; {args.threads} threads;"
+          f" torch {torch.__version__}")
+    print(f"int2 asym g16: {report.total_mb:.3f} MB vs float32 {report.float32_bytes / 1e6:.3f} MB\n")
+    print("| variant | step ms (median) | min ms | ratio to float | fake-quant of all weights ms |")
+    print("|---|---:|---:|---:|---:|")
     for label, samples in times.items():
         ms = statistics.median(samples) * 1e3
-        print(f"| {label} | {ms:.1f} | {min(samples) * 1e3:.1f} | {ms / float_ms:.3f} |")
+        fq = f"{statistics.median(fq_times[label]) * 1e3:.1f}" if label in fq_times else "–"
+        print(f"| {label} | {ms:.1f} | {min(samples) * 1e3:.1f} | {ms / float_ms:.3f} | {fq} |")
 
 
 if __name__ == "__main__":

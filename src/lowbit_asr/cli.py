@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(COMMANDS[name][0])
     # Hydra and argparse read sys.argv; present the command as its own program.
     sys.argv = [f"lowbit-asr {name}", *rest]
-    module.main()
+    status = module.main()
+    if isinstance(status, int) and status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,539 @@
+"""Generate the embedded speech corpus: TTS engines reading Jane Austen, in LibriSpeech's layout.
+
+Layout (as LibriSpeech's)::
+
+    <out>/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac   16 kHz mono 16-bit
+    <out>/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt       "ID TEXT" lines
+    <out>/manifest.json                                                  seed, versions, voices
+
+Splits: ``train`` (Emma, Mansfield Park, Pride and Prejudice, Sense and Sensibility, training
+voices), ``dev`` and ``test-clean`` (Persuasion, Northanger Abbey and Harvard sentences, read by
+voices never used in training), ``test-other`` (the ``test-clean`` utterances, same ids,
+reverberated and with noise at 5-20 dB SNR).
+
+Determinism: :func:`plan_corpus` draws every choice (voices, chapters, corruption seeds) from one
+generator seeded by ``seed`` before any parallel work starts; workers only execute the plan, so
+the files are byte-identical for a seed on a machine with the same engine versions.
+
+CLI: ``python -m lowbit_asr.data.corpus --size mini --seed 0 --out data/embedded``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from lowbit_asr.data import texts
+from lowbit_asr.data.corrupt import corrupt, draw_corruption
+from lowbit_asr.data.tts import ENGINE_PACKAGES, SAMPLE_RATE, Voice, synthesize
+from lowbit_asr.data.voices import HELDOUT, TRAIN, VoiceDealer
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lowbit-asr embedded corpus v1"
+MANIFEST = "manifest.json"
+# Present while a generation is under way; names the plan so that a rerun can resume it.
+IN_PROGRESS = ".generating.json"
+SPLITS = ("train", "dev", "test-clean", "test-other")
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes: the one table to edit.
+
+
+@dataclass(frozen=True)
+class CorpusSize:
+    """How much audio each split should hold (estimated from word counts when planning)."""
+
+    train_minutes: float  #: target audio in ``train``
+    dev_minutes: float  #: target audio in ``dev``
+    test_minutes: float  #: target audio in ``test-clean`` (``test-other`` is its copy)
+    chapter_sentences: tuple[int, int]  #: a chapter holds this many consecutive sentences (incl.)
+    chapters_per_speaker: int = 1  #: more voices beat more audio per voice for unseen voices
+
+
+SIZES: dict[str, CorpusSize] = {
+    # For tests: ~3 min of audio over all splits, a handful of speakers, a few seconds to make.
+    "tiny": CorpusSize(
+        train_minutes=1.2, dev_minutes=0.4, test_minutes=0.4, chapter_sentences=(3, 5)
+    ),
+    # The default: ~3 h of train audio from ~130 voices (short chapters: more voices).
+    "mini": CorpusSize(
+        train_minutes=180.0, dev_minutes=15.0, test_minutes=15.0, chapter_sentences=(10, 20)
+    ),
+}
+
+
+TRAIN_BOOKS = ("emma", "mansfield_park", "pride_and_prejudice", "sense_and_sensibility")
+HELDOUT_SOURCES = ("persuasion", "northanger_abbey", texts.HARVARD)
+# Seconds per word at native tempo (espeak-ng: at -s 160), to plan durations before synthesis.
+SECONDS_PER_WORD = {"espeak-ng": 0.335, "flite": 0.32, "festival": 0.335}
+
+
+# --------------------------------------------------------------------------------------------
+# The plan: every random choice, made before any audio exists.
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One chapter to synthesise: consecutive sentences of one source read by one speaker."""
+
+    split: str  #: "train", "dev" or "test-clean" (test-clean chapters also make test-other)
+    speaker: int  #: LibriSpeech-style speaker id
+    chapter: int  #: LibriSpeech-style chapter id
+    voice: Voice  #: the speaker's voice
+    source: str  #: book name or "harvard"
+    first_sentence: int  #: index of the first sentence in the source's usable sentences
+    sentences: tuple[texts.Sentence, ...]  #: what is read, in order
+    corruption_seeds: tuple[int, ...] = ()  #: per utterance, for the test-other copy
+
+    def utterance_id(self, i: int) -> str:
+        """LibriSpeech id of the i-th utterance: ``<speaker>-<chapter>-<i:04d>``."""
+        return f"{self.speaker}-{self.chapter}-{i:04d}"
+
+    def directory(self, root: Path, split: str | None = None) -> Path:
+        """``<root>/<split>/<speaker>/<chapter>``."""
+        return root / (split or self.split) / str(self.speaker) / str(self.chapter)
+
+
+@dataclass(frozen=True)
+class CorpusPlan:
+    """Everything needed to write a corpus; a pure function of (size, seed)."""
+
+    size: str  #: a key of SIZES
+    seed: int  #: seed of the generator behind every choice
+    chapters: tuple[Chapter, ...]  #: train, then dev, then test-clean chapters
+
+
+def _estimated_seconds(voice: Voice, sentences: tuple[texts.Sentence, ...]) -> float:
+    words = sum(len(s.text.split()) for s in sentences)
+    if voice.engine == "espeak-ng":
+        return words * SECONDS_PER_WORD["espeak-ng"] * 160 / (voice.speed * voice.warp)
+    return words * SECONDS_PER_WORD[voice.engine] * voice.stretch / voice.warp
+
+
+class _ChapterDealer:
+    """Hands out runs of consecutive sentences, round-robin over sources, never twice."""
+
+    def __init__(
+        self, sources: tuple[str, ...], lengths: tuple[int, int], rng: np.random.Generator
+    ) -> None:
+        self.blocks: dict[str, list[tuple[int, int]]] = {}
+        for source in sources:
+            n = len(texts.source_sentences(source))
+            cuts = [0]
+            while cuts[-1] < n:
+                cuts.append(cuts[-1] + int(rng.integers(lengths[0], lengths[1] + 1)))
+            # The last run may be short; drop it rather than bend the chapter length.
+            blocks = [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b <= n]
+            self.blocks[source] = [blocks[i] for i in rng.permutation(len(blocks))]
+        self.order = [sources[i] for i in rng.permutation(len(sources))]
+        self.turn = 0
+
+    def next(self) -> tuple[str, int, tuple[texts.Sentence, ...]]:
+        """The next (source, first sentence index, sentences)."""
+        for _ in range(len(self.order)):
+            source = self.order[self.turn % len(self.order)]
+            self.turn += 1
+            if self.blocks[source]:
+                start, stop = self.blocks[source].pop(0)
+                return source, start, texts.source_sentences(source)[start:stop]
+        raise RuntimeError("ran out of sentences: the corpus size asks for more text than exists")
+
+
+def plan_corpus(size: str, seed: int) -> CorpusPlan:
+    """Draw every choice of a corpus (voices, chapters, corruption seeds) from one generator."""
+    spec = SIZES[size]
+    rng = np.random.default_rng(seed)
+    train_voices = VoiceDealer(TRAIN, rng)
+    heldout_voices = VoiceDealer(HELDOUT, rng)
+    train_text = _ChapterDealer(TRAIN_BOOKS, spec.chapter_sentences, rng)
+    # dev and test-clean draw from one dealer, so they never share a sentence.
+    heldout_text = _ChapterDealer(HELDOUT_SOURCES, spec.chapter_sentences, rng)
+    targets = (
+        ("train", spec.train_minutes, train_voices, train_text),
+        ("dev", spec.dev_minutes, heldout_voices, heldout_text),
+        ("test-clean", spec.test_minutes, heldout_voices, heldout_text),
+    )
+    chapters: list[Chapter] = []
+    speaker_id, chapter_id = 1000, 10000
+    for split, minutes, voices, text in targets:
+        planned = 0.0
+        while planned < minutes * 60:
+            voice = voices.next()
+            for _ in range(spec.chapters_per_speaker):
+                source, start, sentences = text.next()
+                seeds: tuple[int, ...] = ()
+                if split == "test-clean":
+                    seeds = tuple(int(s) for s in rng.integers(0, 2**63 - 1, len(sentences)))
+                chapters.append(
+                    Chapter(split, speaker_id, chapter_id, voice, source, start, sentences, seeds)
+                )
+                planned += _estimated_seconds(voice, sentences)
+                chapter_id += 1
+            speaker_id += 1
+    return CorpusPlan(size=size, seed=seed, chapters=tuple(chapters))
+
+
+# --------------------------------------------------------------------------------------------
+# The manifest.
+
+
+@dataclass
+class SplitSummary:
+    """Counts for one split."""
+
+    utterances: int  #: number of utterances
+    seconds: float  #: total audio
+    hours: float  #: the same, in hours
+    speakers: int  #: distinct speakers
+    chapters: int  #: distinct chapters
+    sources: list[str]  #: books (and "harvard") read in this split
+
+
+@dataclass
+class CorpusManifest:
+    """What ``manifest.json`` at the corpus root records."""
+
+    format: str  #: FORMAT, bumped when the recipe changes what is written
+    seed: int  #: the seed of the one generator behind every choice
+    size: str  #: a key of SIZES
+    size_spec: dict[str, object]  #: SIZES[size] at generation time
+    engine_versions: dict[str, str]  #: Debian versions of the engines and texts (decide audio)
+    library_versions: dict[str, str]  #: Python-side versions (numpy, scipy, libsndfile...)
+    splits: dict[str, SplitSummary]  #: per split counts
+    speakers: dict[str, dict[str, object]]  #: speaker id -> split and Voice settings
+    chapters: dict[str, dict[str, object]]  #: chapter id -> speaker, source, first sentence
+    corruptions: dict[str, dict[str, float]]  #: test-other utterance id -> room/noise draws
+    megabytes: float  #: size of the audio and transcripts on disk
+    root: Path = field(default=Path("."), compare=False)  #: where it was read from (not saved)
+
+    def identity(self) -> dict[str, object]:
+        """What must match for an existing corpus to count as already generated."""
+        return {
+            "format": self.format,
+            "seed": self.seed,
+            "size": self.size,
+            "size_spec": self.size_spec,
+            "engine_versions": self.engine_versions,
+        }
+
+    def to_json(self) -> str:
+        """Deterministic JSON text (no timestamps, sorted keys): part of the byte-identical tree."""
+        data = asdict(self)
+        data.pop("root")
+        return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def load(cls, root: Path) -> CorpusManifest:
+        """Read ``<root>/manifest.json``."""
+        data = json.loads((root / MANIFEST).read_text())
+        data["splits"] = {k: SplitSummary(**v) for k, v in data["splits"].items()}
+        return cls(**data, root=root)
+
+
+def _dpkg_version(package: str) -> str:
+    try:
+        proc = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        return "unknown (no dpkg-query)"
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "not installed"
+
+
+def engine_versions() -> dict[str, str]:
+    """Debian versions of everything that decides the audio and the text."""
+    packages = (*ENGINE_PACKAGES, "r-cran-janeaustenr", "r-cran-stringr")
+    return {p: _dpkg_version(p) for p in packages}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the Python-side libraries that touch the samples or the FLAC bytes."""
+    versions = {p: metadata.version(p) for p in ("numpy", "scipy", "soundfile", "rdata")}
+    versions["libsndfile"] = sf.__libsndfile_version__
+    return versions
+
+
+def _check_engines() -> None:
+    missing = [e for e in ("espeak-ng", "flite", "festival") if shutil.which(e) is None]
+    if missing:
+        raise RuntimeError(
+            f"TTS engines not found: {', '.join(missing)}. Install them with\n  apt-get install "
+            "-y espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts "
+            "r-cran-janeaustenr r-cran-stringr"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Execution.
+
+
+def _to_int16(audio: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def _write_chapter(chapter: Chapter, root: Path, tmp: Path) -> dict[str, list[int]]:
+    """Synthesise and write one chapter (and its test-other copy); returns samples per split.
+
+    The transcript is written last and atomically: its presence marks the chapter complete,
+    which is what a resumed run checks.
+    """
+    done = _completed_samples(chapter, root)
+    if done is not None:
+        return done
+    audio = synthesize(chapter.voice, [s.spoken for s in chapter.sentences], tmp)
+    lengths: dict[str, list[int]] = {chapter.split: [a.size for a in audio]}
+    copies = [(chapter.split, audio)]
+    if chapter.corruption_seeds:
+        other = [
+            corrupt(a, seed)[0] for a, seed in zip(audio, chapter.corruption_seeds, strict=True)
+        ]
+        copies.append(("test-other", other))
+        lengths["test-other"] = [a.size for a in other]
+    for split, clips in copies:
+        directory = chapter.directory(root, split)
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for i, (clip, sentence) in enumerate(zip(clips, chapter.sentences, strict=True)):
+            uid = chapter.utterance_id(i)
+            sf.write(
+                directory / f"{uid}.flac",
+                _to_int16(clip),
+                SAMPLE_RATE,
+                format="FLAC",
+                subtype="PCM_16",
+            )
+            lines.append(f"{uid} {sentence.text}\n")
+        trans = directory / f"{chapter.speaker}-{chapter.chapter}.trans.txt"
+        partial = trans.with_suffix(".partial")
+        partial.write_text("".join(lines))
+        os.replace(partial, trans)
+    return lengths
+
+
+def _completed_samples(chapter: Chapter, root: Path) -> dict[str, list[int]] | None:
+    """Sample counts of a chapter a previous (interrupted) run finished, else None."""
+    splits = [chapter.split] + (["test-other"] if chapter.corruption_seeds else [])
+    lengths: dict[str, list[int]] = {}
+    for split in splits:
+        directory = chapter.directory(root, split)
+        if not (directory / f"{chapter.speaker}-{chapter.chapter}.trans.txt").exists():
+            return None
+        lengths[split] = [
+            sf.info(str(directory / f"{chapter.utterance_id(i)}.flac")).frames
+            for i in range(len(chapter.sentences))
+        ]
+    return lengths
+
+
+def _summarise(
+    plan: CorpusPlan, lengths: list[dict[str, list[int]]], root: Path, engines: dict[str, str]
+) -> CorpusManifest:
+    splits: dict[str, SplitSummary] = {}
+    for split in SPLITS:
+        rows = [(c, n[split]) for c, n in zip(plan.chapters, lengths, strict=True) if split in n]
+        seconds = sum(sum(n) for _, n in rows) / SAMPLE_RATE
+        splits[split] = SplitSummary(
+            utterances=sum(len(n) for _, n in rows),
+            seconds=round(seconds, 2),
+            hours=round(seconds / 3600, 4),
+            speakers=len({c.speaker for c, _ in rows}),
+            chapters=len(rows),
+            sources=sorted({c.source for c, _ in rows}),
+        )
+    speakers = {str(c.speaker): {"split": c.split, **c.voice.to_dict()} for c in plan.chapters}
+    chapters = {
+        str(c.chapter): {
+            "speaker": c.speaker,
+            "split": c.split,
+            "source": c.source,
+            "first_sentence": c.first_sentence,
+            "utterances": len(c.sentences),
+        }
+        for c in plan.chapters
+    }
+    corruptions: dict[str, dict[str, float]] = {}
+    for c in plan.chapters:
+        for i, seed in enumerate(c.corruption_seeds):
+            # Redraw the settings (cheap) rather than carry them back from the workers.
+            draw = draw_corruption(np.random.default_rng(seed))
+            corruptions[c.utterance_id(i)] = {k: round(v, 3) for k, v in asdict(draw).items()}
+    size_bytes = sum(p.stat().st_size for s in SPLITS for p in (root / s).rglob("*") if p.is_file())
+    return CorpusManifest(
+        format=FORMAT,
+        seed=plan.seed,
+        size=plan.size,
+        size_spec=asdict(SIZES[plan.size]),
+        engine_versions=engines,
+        library_versions=library_versions(),
+        splits=splits,
+        speakers=speakers,
+        chapters=chapters,
+        corruptions=corruptions,
+        megabytes=round(size_bytes / 1e6, 2),
+        root=root,
+    )
+
+
+def generate_corpus(
+    out_dir: Path, size: str = "mini", seed: int = 0, workers: int = 2, overwrite: bool = False
+) -> CorpusManifest:
+    """Generate (or find already generated) the corpus ``size`` for ``seed`` under ``out_dir``.
+
+    If ``out_dir/manifest.json`` records the same seed, size and engine versions, nothing is done.
+    An interrupted run with the same settings is resumed chapter by chapter. A different corpus
+    in ``out_dir`` is an error unless ``overwrite``, which deletes its splits first.
+    """
+    if size not in SIZES:
+        raise ValueError(f"unknown corpus size {size!r}; known: {', '.join(SIZES)}")
+    out_dir = Path(out_dir)
+    engines = engine_versions()
+    wanted = {
+        "format": FORMAT,
+        "seed": seed,
+        "size": size,
+        "size_spec": asdict(SIZES[size]),
+        "engine_versions": engines,
+    }
+    # JSON round trip so tuples compare equal to the lists read back from disk.
+    wanted = json.loads(json.dumps(wanted))
+    stamp = out_dir / IN_PROGRESS
+    if (out_dir / MANIFEST).exists():
+        existing = CorpusManifest.load(out_dir)
+        if existing.identity() == wanted:
+            log.info(
+                "%s already holds the %s corpus for seed %d; nothing to do", out_dir, size, seed
+            )
+            return existing
+        differs = [k for k, v in wanted.items() if existing.identity().get(k) != v]
+        found = f"another corpus (its {', '.join(differs)} differ)"
+    elif stamp.exists():
+        found = (
+            ""
+            if json.loads(stamp.read_text()) == wanted
+            else "an interrupted run of another corpus"
+        )
+    elif any((out_dir / split).exists() for split in SPLITS):
+        found = "split folders but no manifest.json (not a corpus made here)"
+    else:
+        found = ""
+    if found and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} holds {found}; pass overwrite=True (--overwrite) or "
+            "choose another output folder"
+        )
+    if found:
+        log.info("%s holds %s: deleting its splits", out_dir, found)
+        for split in SPLITS:
+            shutil.rmtree(out_dir / split, ignore_errors=True)
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+    elif stamp.exists():
+        log.info("resuming the interrupted run in %s", out_dir)
+
+    _check_engines()
+    plan = plan_corpus(size, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(wanted, sort_keys=True))
+    tmp = out_dir / ".tmp"
+    tmp.mkdir(exist_ok=True)
+    log.info(
+        "generating %s (seed %d): %d chapters on %d workers",
+        size,
+        seed,
+        len(plan.chapters),
+        workers,
+    )
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # Threads suffice: the work is in engine subprocesses and in numpy/libsndfile calls.
+        lengths = list(
+            _logged(
+                pool.map(lambda c: _write_chapter(c, out_dir, tmp), plan.chapters),
+                len(plan.chapters),
+            )
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
+    manifest = _summarise(plan, lengths, out_dir, engines)
+    (out_dir / MANIFEST).write_text(manifest.to_json())
+    stamp.unlink()
+    # Read back, so a fresh run returns exactly what a later no-op run will.
+    return CorpusManifest.load(out_dir)
+
+
+def _logged(results: Iterator[dict[str, list[int]]], total: int) -> Iterator[dict[str, list[int]]]:
+    step = max(1, total // 10)
+    for i, result in enumerate(results, 1):
+        if i % step == 0 or i == total:
+            log.info("%d/%d chapters written", i, total)
+        yield result
+
+
+# --------------------------------------------------------------------------------------------
+# CLI.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m lowbit_asr.data.corpus`` (and ``lowbit-asr corpus``)."""
+    parser = argparse.ArgumentParser(
+        prog="lowbit-asr corpus",
+        description="Generate the embedded TTS speech corpus in LibriSpeech's layout.",
+    )
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="mini",
+        help="corpus size (default: mini, ~3 h of train audio)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/embedded"),
+        help="corpus root (default: data/embedded)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="parallel chapters (default: 2)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a different corpus already in --out"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; prints a per-split summary and the wall time."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    start = time.perf_counter()
+    try:
+        manifest = generate_corpus(
+            args.out, size=args.size, seed=args.seed, workers=args.workers, overwrite=args.overwrite
+        )
+    except (FileExistsError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{'split':<11} {'utts':>6} {'speakers':>8} {'hours':>7}")
+    for name in SPLITS:
+        s = manifest.splits[name]
+        print(f"{name:<11} {s.utterances:>6} {s.speakers:>8} {s.hours:>7.3f}")
+    print(f"{manifest.megabytes:.1f} MB in {args.out}; {time.perf_counter() - start:.1f} s wall")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The generated corpus: determinism, LibriSpeech layout, no leakage, manifest, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from lowbit_asr.data import corpus, texts
+from lowbit_asr.data.corpus import IN_PROGRESS, MANIFEST, SIZES, CorpusManifest, generate_corpus
+from lowbit_asr.data.corrupt import corrupt
+
+UTT_NAME = re.compile(r"^(\d+)-(\d+)-(\d{4})\.flac$")
+TRANSCRIPT_LINE = re.compile(r"^(\d+)-(\d+)-(\d{4}) ([A-Z']+(?: [A-Z']+)*)$")
+
+
+# ---------------------------------------------------------------- text normalisation (no engines)
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        ('"My dear Mr. Bennet," said his lady.', "MY DEAR MISTER BENNET SAID HIS LADY"),
+        (
+            "Mrs. Long and Dr. Grant went to St. James's.",
+            "MISSUS LONG AND DOCTOR GRANT WENT TO SAINT JAMES'S",
+        ),
+        ("It was _very_ well-bred of him--indeed!", "IT WAS VERY WELL BRED OF HIM INDEED"),
+        ("The eclat of the naïveté was great.", "THE ECLAT OF THE NAIVETE WAS GREAT"),
+    ],
+)
+def test_normalise_as_librispeech(raw: str, text: str) -> None:
+    sentence = texts.normalise(raw)
+    assert sentence is not None
+    assert sentence.text == text
+    # The engines read exactly the transcript's words.
+    spoken_words = re.sub(r"[,;:.!?]", "", sentence.spoken).split()
+    assert [w.upper() for w in spoken_words] == text.split()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "She was born in 1787 at home.",
+        "Too short here.",
+        "Miss ---- was there with us.",
+        "Sugar, &c. was bought for them.",
+        " ".join(["word"] * 36),
+    ],
+)
+def test_normalise_drops_unusable(raw: str) -> None:
+    assert texts.normalise(raw) is None
+
+
+def test_split_sentences_skips_headings_and_keeps_abbreviations() -> None:
+    lines = ["CHAPTER IV", "", "Mr. Knightley came in. He sat down", "by the fire!", "", "THE END"]
+    assert texts.split_sentences(lines) == ["Mister Knightley came in.", "He sat down by the fire!"]
+
+
+def test_size_table_has_tiny_and_mini() -> None:
+    assert {"tiny", "mini"} <= set(SIZES)
+    assert SIZES["mini"].train_minutes >= 120
+
+
+# ---------------------------------------------------------------- corruption (no engines)
+
+
+def test_corrupt_is_seeded_and_keeps_length() -> None:
+    t = np.arange(16000) / 16000
+    clean = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    a, draws = corrupt(clean, seed=7)
+    b, _ = corrupt(clean, seed=7)
+    c, _ = corrupt(clean, seed=8)
+    assert a.shape == clean.shape and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert 5.0 <= draws.snr_db <= 20.0
+    assert np.isclose(np.max(np.abs(a)), 0.5, atol=1e-3)  # peak level kept
+
+
+# ---------------------------------------------------------------- the tiny corpus
+
+
+def test_tiny_is_byte_identical_for_a_seed(tiny_corpus: CorpusManifest, tmp_path: Path) -> None:
+    # Another worker count too: the bytes must not depend on scheduling.
+    again = generate_corpus(tmp_path / "again", size="tiny", seed=0, workers=1)
+    assert tree_hashes(again.root) == tree_hashes(tiny_corpus.root)
+
+
+def test_tiny_differs_for_another_seed(tiny_corpus: CorpusManifest, tmp_path: Path) -> None:
+    reference = tree_hashes(tiny_corpus.root)
+    other = tree_hashes(generate_corpus(tmp_path / "other", size="tiny", seed=1).root)
+    assert other[MANIFEST] != reference[MANIFEST]
+    shared = set(other) & set(reference) - {MANIFEST}
+    assert all(other[p] != reference[p] for p in shared)
+
+
+def test_tiny_has_librispeech_layout(tiny_corpus: CorpusManifest) -> None:
+    root = tiny_corpus.root
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(corpus.SPLITS)
+    for split in corpus.SPLITS:
+        chapters = [p for p in (root / split).glob("*/*") if p.is_dir()]
+        assert chapters, split
+        for chapter_dir in chapters:
+            speaker, chapter = chapter_dir.parent.name, chapter_dir.name
+            trans = chapter_dir / f"{speaker}-{chapter}.trans.txt"
+            lines = trans.read_text().splitlines()
+            ids = []
+            for line in lines:
+                m = TRANSCRIPT_LINE.match(line)
+                assert m, line
+                assert (m[1], m[2]) == (speaker, chapter)
+                assert texts.MIN_WORDS <= len(m[4].split()) <= texts.MAX_WORDS
+                ids.append(line.split(" ", 1)[0])
+            audio = sorted(p.name for p in chapter_dir.glob("*.flac"))
+            assert audio == [f"{i}.flac" for i in ids]
+            assert ids == sorted(ids)
+            for name in audio:
+                assert UTT_NAME.match(name)
+                info = sf.info(str(chapter_dir / name))
+                assert (info.samplerate, info.channels) == (16000, 1)
+                assert (info.format, info.subtype) == ("FLAC", "PCM_16")
+    total = sum(s.seconds for s in tiny_corpus.splits.values())
+    assert 120 <= total <= 240, total  # 2-4 minutes over all splits
+
+
+def test_tiny_test_voices_and_books_are_unseen_in_train(tiny_corpus: CorpusManifest) -> None:
+    by_split: dict[str, list[dict[str, object]]] = {}
+    for spec in tiny_corpus.speakers.values():
+        by_split.setdefault(str(spec["split"]), []).append(spec)
+    train_voices = {(s["engine"], s["voice"]) for s in by_split["train"]}
+    for split in ("dev", "test-clean"):
+        assert not {(s["engine"], s["voice"]) for s in by_split[split]} & train_voices
+        accents = {s["accent"] for s in by_split[split]} - {""}
+        assert not accents & {s["accent"] for s in by_split["train"]}
+        assert not set(tiny_corpus.splits[split].sources) & set(tiny_corpus.splits["train"].sources)
+    train_speakers = set(_speakers(tiny_corpus.root / "train"))
+    for split in ("dev", "test-clean", "test-other"):
+        assert not set(_speakers(tiny_corpus.root / split)) & train_speakers
+    # All three engines are mixed into training.
+    assert {s["engine"] for s in by_split["train"]} == {"espeak-ng", "flite", "festival"}
+
+
+def test_tiny_test_other_is_test_clean_corrupted(tiny_corpus: CorpusManifest) -> None:
+    root = tiny_corpus.root
+    clean = sorted(p.relative_to(root / "test-clean") for p in (root / "test-clean").rglob("*.*"))
+    other = sorted(p.relative_to(root / "test-other") for p in (root / "test-other").rglob("*.*"))
+    assert clean == other
+    for rel in clean:
+        a, b = root / "test-clean" / rel, root / "test-other" / rel
+        if rel.suffix == ".txt":
+            assert a.read_text() == b.read_text()
+        else:
+            assert sf.info(str(a)).frames == sf.info(str(b)).frames
+            assert a.read_bytes() != b.read_bytes()
+    assert set(tiny_corpus.corruptions) == {p.stem for p in clean if p.suffix == ".flac"}
+
+
+def test_tiny_manifest_records_the_run(tiny_corpus: CorpusManifest) -> None:
+    m = CorpusManifest.load(tiny_corpus.root)
+    assert (m.seed, m.size) == (0, "tiny")
+    assert m.engine_versions["espeak-ng"] not in ("", "not installed")
+    for split, summary in m.splits.items():
+        files = list((tiny_corpus.root / split).rglob("*.flac"))
+        assert summary.utterances == len(files)
+        seconds = sum(sf.info(str(f)).duration for f in files)
+        assert summary.seconds == pytest.approx(seconds, abs=0.01)
+        assert summary.hours == pytest.approx(seconds / 3600, abs=1e-4)
+    for speaker in _speakers(tiny_corpus.root / "train"):
+        assert m.speakers[speaker]["split"] == "train"
+    assert m.megabytes > 0
+
+
+def test_rerun_is_a_no_op(tiny_corpus: CorpusManifest, caplog: pytest.LogCaptureFixture) -> None:
+    before = {p: p.stat().st_mtime_ns for p in tiny_corpus.root.rglob("*")}
+    with caplog.at_level(logging.INFO, logger="lowbit_asr.data.corpus"):
+        again = generate_corpus(tiny_corpus.root, size="tiny", seed=0)
+    assert "nothing to do" in caplog.text
+    assert again == tiny_corpus
+    assert {p: p.stat().st_mtime_ns for p in tiny_corpus.root.rglob("*")} == before
+
+
+def test_another_corpus_in_the_folder_is_refused(
+    tiny_corpus: CorpusManifest, tmp_path: Path
+) -> None:
+    (tmp_path / MANIFEST).write_text(
+        (tiny_corpus.root / MANIFEST).read_text().replace('"seed": 0', '"seed": 5')
+    )
+    with pytest.raises(FileExistsError, match="another corpus"):
+        generate_corpus(tmp_path, size="tiny", seed=0)
+
+
+def test_interrupted_run_resumes_to_the_same_bytes(
+    tiny_corpus: CorpusManifest, tmp_path: Path
+) -> None:
+    root = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus.root, root)
+    # Simulate a run killed while writing one chapter: no manifest, a missing transcript and
+    # a missing audio file in that chapter, and the in-progress stamp left behind.
+    stamp = json.loads(json.dumps(tiny_corpus.identity()))
+    (root / MANIFEST).unlink()
+    (root / IN_PROGRESS).write_text(json.dumps(stamp, sort_keys=True))
+    trans = next((root / "train").rglob("*.trans.txt"))
+    trans.unlink()
+    next(trans.parent.glob("*.flac")).unlink()
+    generate_corpus(root, size="tiny", seed=0)
+    assert tree_hashes(root) == tree_hashes(tiny_corpus.root)
+
+
+def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        corpus.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--size" in out and "--seed" in out and "--out" in out
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, keyed by relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _speakers(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
