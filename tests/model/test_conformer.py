@@ -22,8 +22,13 @@ from lowbit_asr.model.conformer import (
 def _encoder(factor: int = 4, kernel: int = 5, seed: int = 0) -> ConformerEncoder:
     torch.manual_seed(seed)
     cfg = EncoderConfig(
-        feat_dim=20, subsampling_factor=factor, d_model=32, num_layers=2, num_heads=4,
-        ff_expansion=2, conv_kernel=kernel,
+        feat_dim=20,
+        subsampling_factor=factor,
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        ff_expansion=2,
+        conv_kernel=kernel,
     )
     return ConformerEncoder(cfg)
 
@@ -167,9 +172,7 @@ def test_padding_does_not_change_valid_outputs(factor: int) -> None:
         for i, length in enumerate(lengths):
             alone, alone_lens = enc(feats[i : i + 1, :length], torch.tensor([length]))
             assert int(batched_lens[i]) == int(alone_lens[0]) == alone.size(1)
-            torch.testing.assert_close(
-                batched[i, : alone.size(1)], alone[0], atol=1e-5, rtol=1e-5
-            )
+            torch.testing.assert_close(batched[i, : alone.size(1)], alone[0], atol=1e-5, rtol=1e-5)
 
 
 def test_masked_batch_norm_uses_valid_frames_only() -> None:
@@ -192,4 +195,3 @@ def test_zero_length_utterance_gives_finite_output() -> None:
         out, lens = enc(torch.randn(2, 30, 20), torch.tensor([30, 3]))
     assert lens.tolist()[1] == 0
     assert torch.isfinite(out).all()
-

@@ -47,7 +47,7 @@ def test_loss_decreases_on_a_fixed_batch(make_model, make_batch) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -73,7 +73,7 @@ def _loss_and_grads(model: RNNT, batch: tuple[torch.Tensor, ...]) -> tuple[float
     model.zero_grad()
     loss = model(*batch)["loss"]
     loss.backward()
-    return float(loss), [p.grad.clone() for p in model.parameters()]
+    return loss.item(), [p.grad.clone() for p in model.parameters()]
 
 
 @pytest.mark.parametrize(
@@ -100,8 +100,10 @@ def test_same_seed_same_model_and_output(make_model, make_batch) -> None:
     torch.manual_seed(1)
     out_b = b(*batch)["loss"]
     assert torch.equal(out_a, out_b)
-    assert not torch.equal(make_model(seed=8).encoder.blocks[0].ff1.linear1.weight,
-                           a.encoder.blocks[0].ff1.linear1.weight)
+    assert not torch.equal(
+        make_model(seed=8).encoder.blocks[0].ff1.linear1.weight,
+        a.encoder.blocks[0].ff1.linear1.weight,
+    )
 
 
 class _Identity(nn.Module):
@@ -205,3 +207,25 @@ def test_lstm_parametrization_runs_once_per_call(make_model, make_batch) -> None
         c.calls = 0
     model.predictor.lstm(torch.randn(1, 3, model.cfg.predictor.embed_dim))
     assert all(c.calls >= 2 for c in counters.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_parametrized_lstm_on_cuda_uses_parametrized_weights(make_model, make_batch) -> None:
+    # On CUDA, nn.LSTM re-flattens its (parametrized, hence new every call) weights into one
+    # cuDNN buffer in-place under no_grad at every call; check values and gradients survive.
+    batch = [t.cuda() for t in make_batch()]
+    model, manual = make_model(seed=5).cuda().eval(), make_model(seed=5).cuda().eval()
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0"):
+            getattr(manual.predictor.lstm, name).mul_(0.5)
+    for name in ("weight_ih_l0", "weight_hh_l0"):
+        parametrize.register_parametrization(model.predictor.lstm, name, _Scale())
+    loss, loss_manual = model(*batch)["loss"], manual(*batch)["loss"]
+    torch.testing.assert_close(loss, loss_manual)
+    loss.backward()
+    loss_manual.backward()
+    for name in ("weight_ih_l0", "weight_hh_l0"):
+        grad = model.predictor.lstm.parametrizations[name].original.grad
+        # d(loss)/d(original) = 0.5 * d(loss)/d(weight) for w = 0.5 * original
+        torch.testing.assert_close(grad, 0.5 * getattr(manual.predictor.lstm, name).grad)

@@ -1,9 +1,11 @@
 """Conformer encoder, RNN-T predictor and joiner, decoding — plain ``nn.Module``s.
 
-    cfg = ModelConfig(**yaml_dict)            # or an OmegaConf structured merge
-    model = build_model(cfg, vocab_size)       # vocab size from the tokenizer
-    out = model(feats, feat_lens, targets, target_lens)   # {"loss", "rnnt_loss", "ctc_loss"}
-    hyps = model.eval().decode(feats, feat_lens)            # list[list[int]], blank removed
+Usage::
+
+    cfg = ModelConfig(**yaml_dict)  # or an OmegaConf structured merge
+    model = build_model(cfg, vocab_size)  # vocab size from the tokenizer
+    out = model(feats, feat_lens, targets, target_lens)  # {"loss", "rnnt_loss", "ctc_loss"}
+    hyps = model.eval().decode(feats, feat_lens)  # list[list[int]], blank removed
 """
 
 from lowbit_asr.model.config import (

@@ -139,12 +139,16 @@ class DecodingConfig:
     """Hypotheses kept per frame by beam search; beam 1 reproduces greedy exactly."""
     max_symbols_per_frame: int = 5
     """Cap on non-blank symbols emitted at one encoder frame (both methods)."""
+    rescore: bool = True
+    """Beam only: re-rank final beam + greedy hypothesis by exact log P(y|x) (never worse)."""
 
     def __post_init__(self) -> None:
         p = "decoding"
         if self.method not in DECODING_METHODS:
             raise ValueError(f"{p}.method must be one of {DECODING_METHODS}, got {self.method!r}")
         _require_positive(self, p, "beam_size", "max_symbols_per_frame")
+        if not isinstance(self.rescore, bool):
+            raise ValueError(f"{p}.rescore must be true or false, got {self.rescore!r}")
 
 
 def _coerce(value: Any, cls: type, name: str) -> Any:
@@ -175,7 +179,7 @@ class ModelConfig:
     joint_chunk_size: int = 0
     """Utterances per joint-network chunk in the loss (0 = whole batch); see ``RNNT.forward``."""
     rnnt_loss_impl: str = "torchaudio"
-    """``torchaudio`` (fused C++ kernel) or ``torch`` (autograd, ~3.5x faster on CPU)."""
+    """``torchaudio`` (fused C++ kernel) or ``torch`` (autograd; the loss ~3.5x faster on CPU)."""
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     """Search settings used by ``RNNT.decode``."""
 

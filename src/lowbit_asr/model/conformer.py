@@ -177,7 +177,11 @@ class RelPositionMultiHeadAttention(nn.Module):
             ~mask[:, None, None, :], torch.finfo(position_scores.dtype).min
         )
         out = F.scaled_dot_product_attention(
-            q_u, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0,
+            q_u,
+            k,
+            v,
+            attn_mask=bias,
+            dropout_p=self.dropout if self.training else 0.0,
             scale=scale,
         )  # (N, H, T, dh)
         out = out.transpose(1, 2).reshape(n, t, d)  # (N, T, D)
