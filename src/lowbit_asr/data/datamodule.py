@@ -1,0 +1,497 @@
+"""The LightningDataModule: LibriSpeech-layout splits -> padded, duration-bucketed batches.
+
+    dm = AsrDataModule(DatasetConfig(root="data/embedded-mini"))   # or AsrDataModule(yaml_dict)
+    dm.prepare_data(); dm.setup("fit")     # Lightning calls these itself
+    vocab = dm.tokenizer.vocab_size         # blank included: the RNN-T's output size
+    for batch in dm.train_dataloader(): ...
+
+A batch (:class:`Batch`) is a dict: ``feats (N, T, 80)`` normalised log-mel, zero-padded;
+``feat_lens (N,)``; ``targets (N, U)`` token ids padded with the blank id 0; ``target_lens (N,)``;
+``texts`` (normalised references) and ``ids``. SpecAugment is applied after the batch reached
+its device, in training only (:meth:`AsrDataModule.on_after_batch_transfer`).
+
+What ``prepare_data`` builds once (Lightning runs it on one process per node) and ``setup``
+reads back on every rank, all beside the manifests (or under ``cache_dir``):
+
+* the manifests (``read_split``), the tokenizer (trained on the train transcripts), the feature
+  statistics (train subsample), and with ``precompute_features`` the log-mel of every split.
+
+Bad input follows ``on_bad_utterance``: ``stop`` raises at the first bad utterance (unreadable
+audio, a transcript character the tokenizer cannot encode, a train utterance longer than
+``max_utterance_seconds``); ``skip`` leaves it out, counts it and logs a warning. Only the train
+split is length-filtered: dev and test keep every utterance, so WER covers the whole split.
+
+DDP: the batch sampler shards batches itself (:mod:`lowbit_asr.data.sampler`), so the Trainer
+must run with ``use_distributed_sampler=False`` (setup raises otherwise).
+
+Checkpoints: :meth:`AsrDataModule.state_dict` holds the tokenizer and the statistics; Lightning
+stores it in the checkpoint, and ``AsrDataModule(cfg, tokenizer=..., stats=...)`` rebuilds a
+module that evaluates any LibriSpeech-layout folder (:meth:`AsrDataModule.eval_dataloader`)
+without the training data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypedDict
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from lowbit_asr.data.features import (
+    FeatureSource,
+    FeatureStats,
+    SpecAugment,
+    SpecAugmentConfig,
+    feature_cache_dir,
+    load_or_compute_stats,
+    precompute_features,
+)
+from lowbit_asr.data.librispeech import (
+    BAD_UTTERANCE_MODES,
+    USER_CACHE,
+    BadUtteranceError,
+    SplitManifest,
+    Utterance,
+    read_split,
+)
+from lowbit_asr.data.sampler import BucketingBatchSampler
+from lowbit_asr.data.tokenizer import (
+    Tokenizer,
+    TokenizerConfig,
+    UnknownCharacterError,
+    build_tokenizer,
+    normalise_text,
+)
+from lowbit_asr.model.config import BLANK_ID
+
+log = logging.getLogger(__name__)
+
+
+def _coerce(value: Any, cls: type, name: str) -> Any:
+    """A mapping (dict or OmegaConf DictConfig) becomes ``cls``; an instance stays as it is."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"{name}: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**{str(k): v for k, v in value.items()})
+    raise TypeError(f"{name} must be a {cls.__name__} or a mapping, got {type(value).__name__}")
+
+
+def _split_list(value: Any, name: str, allow_empty: bool) -> list[str]:
+    """A str or a sequence of non-empty str (OmegaConf ListConfig included) as a list."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or not all(isinstance(s, str) and s for s in items):
+        raise ValueError(f"{name} must be a split name or a list of them, got {value!r}")
+    if not items and not allow_empty:
+        raise ValueError(f"{name} must name at least one split")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{name} names a split twice: {list(items)}")
+    return [str(s) for s in items]
+
+
+def _positive(value: Any, name: str, integer: bool, minimum: float = 1) -> None:
+    """Raise naming ``name`` unless ``value`` is a number (an int if ``integer``) >= minimum."""
+    kinds = int if integer else int | float
+    if not isinstance(value, kinds) or isinstance(value, bool) or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} >= {minimum}, got {value!r}")
+
+
+@dataclass
+class DatasetConfig:
+    """Which corpus, how it becomes batches (mirrored by ``conf/dataset/*.yaml``)."""
+
+    root: str
+    """Corpus folder in LibriSpeech's layout (relative to the working directory); required."""
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    """Training splits, concatenated (a single name is accepted)."""
+    dev_split: str = "dev"
+    """Validation split."""
+    test_splits: list[str] = field(default_factory=lambda: ["test-clean", "test-other"])
+    """Test splits, in the order of ``test_dataloader`` and ``test_split_names``."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Units the RNN-T predicts."""
+    max_batch_seconds: float = 60.0
+    """Padded audio per batch (utterances x the longest), in seconds, per rank."""
+    max_utterance_seconds: float = 20.0
+    """Longer TRAIN utterances are bad (stop or skip); at most ``max_batch_seconds``."""
+    num_buckets: int = 30
+    """Duration buckets (equal utterance counts); more buckets pad less but shuffle less."""
+    num_workers: int = 1
+    """DataLoader worker processes (0: load in the training process)."""
+    on_bad_utterance: str = "stop"
+    """``stop``: raise at the first bad utterance; ``skip``: leave it out with a warning."""
+    cache_dir: str | None = None
+    """Where manifests, tokenizer, statistics and features are cached; None: beside the data."""
+    precompute_features: bool = False
+    """Write every split's log-mel to the cache once (4-8 s per hour of audio on one core;
+    float16, ~58 MB per hour), instead of decoding and computing them in every epoch."""
+    stats_utterances: int = 500
+    """Train utterances (evenly spaced) the normalisation statistics are computed on."""
+    seed: int = 0
+    """Seed of the batch shuffle and of SpecAugment (with the epoch)."""
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    """Training-time masking."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.root, str | Path) or str(self.root) in ("", "???"):
+            raise ValueError(f"root is required: the corpus folder, got {self.root!r}")
+        self.root = str(self.root)
+        self.train_splits = _split_list(self.train_splits, "train_splits", allow_empty=False)
+        if not isinstance(self.dev_split, str) or not self.dev_split:
+            raise ValueError(f"dev_split must be a split name, got {self.dev_split!r}")
+        self.test_splits = _split_list(self.test_splits, "test_splits", allow_empty=True)
+        self.tokenizer = _coerce(self.tokenizer, TokenizerConfig, "tokenizer")
+        self.specaugment = _coerce(self.specaugment, SpecAugmentConfig, "specaugment")
+        _positive(self.max_batch_seconds, "max_batch_seconds", integer=False, minimum=1e-9)
+        _positive(self.max_utterance_seconds, "max_utterance_seconds", integer=False, minimum=1e-9)
+        if self.max_utterance_seconds > self.max_batch_seconds:
+            raise ValueError(
+                f"max_utterance_seconds={self.max_utterance_seconds} must be <= "
+                f"max_batch_seconds={self.max_batch_seconds}: a batch holds at least one utterance"
+            )
+        _positive(self.num_buckets, "num_buckets", integer=True)
+        _positive(self.num_workers, "num_workers", integer=True, minimum=0)
+        if self.on_bad_utterance not in BAD_UTTERANCE_MODES:
+            raise ValueError(
+                f"on_bad_utterance must be one of {BAD_UTTERANCE_MODES}, "
+                f"got {self.on_bad_utterance!r}"
+            )
+        if self.cache_dir is not None and (
+            not isinstance(self.cache_dir, str) or not self.cache_dir
+        ):
+            raise ValueError(f"cache_dir must be a folder or null, got {self.cache_dir!r}")
+        if not isinstance(self.precompute_features, bool):
+            raise ValueError(
+                f"precompute_features must be true or false, got {self.precompute_features!r}"
+            )
+        _positive(self.stats_utterances, "stats_utterances", integer=True)
+        _positive(self.seed, "seed", integer=True, minimum=0)
+
+
+class Batch(TypedDict):
+    """One batch, as the dataloaders yield it."""
+
+    feats: Tensor  #: (N, T, 80) float32 normalised log-mel, zero-padded after feat_lens
+    feat_lens: Tensor  #: (N,) int64 frames per utterance
+    targets: Tensor  #: (N, U) int64 token ids, padded with BLANK_ID
+    target_lens: Tensor  #: (N,) int64 tokens per utterance
+    texts: list[str]  #: normalised reference transcripts
+    ids: list[str]  #: utterance ids
+
+
+class Example(TypedDict):
+    """One utterance, before batching."""
+
+    feats: Tensor  #: (T, 80) float32 normalised log-mel
+    targets: Tensor  #: (U,) int64 token ids
+    text: str  #: normalised transcript
+    id: str  #: utterance id
+
+
+def collate(examples: Sequence[Example]) -> Batch:
+    """Pad examples into a Batch (features with 0, targets with the blank id)."""
+    return Batch(
+        feats=pad_sequence([e["feats"] for e in examples], batch_first=True),  # (N, T, 80)
+        feat_lens=torch.tensor([e["feats"].shape[0] for e in examples], dtype=torch.int64),
+        targets=pad_sequence(
+            [e["targets"] for e in examples], batch_first=True, padding_value=BLANK_ID
+        ),  # (N, U)
+        target_lens=torch.tensor([e["targets"].shape[0] for e in examples], dtype=torch.int64),
+        texts=[e["text"] for e in examples],
+        ids=[e["id"] for e in examples],
+    )
+
+
+class AsrDataset(Dataset[Batch]):
+    """The utterances of one split; indexed by a list of indices, it returns their Batch."""
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        tokenizer: Tokenizer,
+        stats: FeatureStats,
+        source: FeatureSource | None = None,
+    ) -> None:
+        self.utterances = list(utterances)
+        self.tokenizer = tokenizer
+        self.stats = stats
+        self.source = source if source is not None else FeatureSource()
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    @property
+    def durations(self) -> list[float]:
+        """Seconds per utterance, in index order (what the batch sampler sorts by)."""
+        return [u.duration for u in self.utterances]
+
+    def example(self, i: int) -> Example:
+        """Utterance ``i``: normalised features and token ids."""
+        u = self.utterances[i]
+        return Example(
+            feats=self.stats.normalise(self.source(u)),  # (T, 80)
+            targets=torch.tensor(self.tokenizer.encode(u.text, u.id), dtype=torch.int64),
+            text=normalise_text(u.text),
+            id=u.id,
+        )
+
+    def __getitem__(self, indices: Sequence[int]) -> Batch:  # type: ignore[override]
+        return collate([self.example(i) for i in indices])
+
+
+class AsrDataModule(L.LightningDataModule):
+    """Train, dev and test dataloaders of a corpus in LibriSpeech's layout."""
+
+    def __init__(
+        self,
+        cfg: DatasetConfig | Mapping[str, Any],
+        tokenizer: Tokenizer | None = None,
+        stats: FeatureStats | None = None,
+    ) -> None:
+        """``tokenizer``/``stats``: restored ones (e.g. from a checkpoint) instead of built ones."""
+        super().__init__()
+        self.cfg: DatasetConfig = _coerce(cfg, DatasetConfig, "dataset")
+        self._tokenizer = tokenizer
+        self._stats = stats
+        self._manifests: dict[str, SplitManifest] = {}
+        self._features: FeatureSource | None = None
+        self.specaugment = SpecAugment(self.cfg.specaugment, seed=self.cfg.seed)
+
+    # ----------------------------------------------------------------- what was built
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer (after ``setup``, or as given)."""
+        if self._tokenizer is None:
+            raise RuntimeError("AsrDataModule.tokenizer: call setup() first (or pass one)")
+        return self._tokenizer
+
+    @property
+    def stats(self) -> FeatureStats:
+        """The feature normalisation statistics (after ``setup``, or as given)."""
+        if self._stats is None:
+            raise RuntimeError("AsrDataModule.stats: call setup() first (or pass them)")
+        return self._stats
+
+    @property
+    def test_split_names(self) -> list[str]:
+        """Names of the test splits, in the order of ``test_dataloader``'s list."""
+        return list(self.cfg.test_splits)
+
+    def manifest(self, split: str) -> SplitManifest:
+        """The manifest of ``split`` under ``root`` (read once, cached on disk by read_split)."""
+        if split not in self._manifests:
+            cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else None
+            self._manifests[split] = read_split(
+                self.cfg.root, split, self.cfg.on_bad_utterance, cache_dir
+            )
+        return self._manifests[split]
+
+    @property
+    def cache_root(self) -> Path:
+        """Where the tokenizer, statistics and features go: ``cache_dir``, else beside the
+        train manifest (the corpus root when it is writable)."""
+        if self.cfg.cache_dir:
+            return Path(self.cfg.cache_dir)
+        cache_path = self.manifest(self.cfg.train_splits[0]).cache_path
+        return Path(cache_path).parent if cache_path else USER_CACHE
+
+    def train_utterances(self) -> list[Utterance]:
+        """All utterances of the train splits (before length and text filtering)."""
+        return [u for s in self.cfg.train_splits for u in self.manifest(s).utterances]
+
+    # ----------------------------------------------------------------- Lightning hooks
+
+    def prepare_data(self) -> None:
+        """Build every cache: manifests, tokenizer, features (if asked), statistics."""
+        self._build(self._splits(None), precompute=self.cfg.precompute_features)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read back what prepare_data built (building what is missing) for ``stage``."""
+        trainer = self.trainer
+        if (
+            trainer is not None
+            and trainer.world_size > 1
+            and getattr(trainer._accelerator_connector, "use_distributed_sampler", False)
+        ):
+            raise ValueError(
+                "AsrDataModule shards batches across ranks itself: build the Trainer with "
+                "use_distributed_sampler=False"
+            )
+        self._build(self._splits(stage), precompute=False)
+
+    def _splits(self, stage: str | None) -> list[str]:
+        """Splits a stage reads (None: all)."""
+        cfg = self.cfg
+        by_stage = {
+            "fit": [*cfg.train_splits, cfg.dev_split],
+            "validate": [cfg.dev_split],
+            "test": list(cfg.test_splits),
+            "predict": [],
+        }
+        if stage is None:
+            return list(dict.fromkeys([*by_stage["fit"], *cfg.test_splits]))
+        return by_stage[stage]
+
+    def _build(self, splits: list[str], precompute: bool) -> None:
+        for split in splits:
+            m = self.manifest(split)
+            log.info("%s: %d utterances, %.2f h", split, len(m), m.hours)
+        if self._tokenizer is None:
+            texts = [u.text for u in self.train_utterances()]
+            self._tokenizer = build_tokenizer(self.cfg.tokenizer, texts, self.cache_root)
+        if precompute:
+            # The train splits too when the statistics are still to compute: they read the cache.
+            todo = [*splits, *([] if self._stats else self.cfg.train_splits)]
+            for split in dict.fromkeys(todo):
+                precompute_features(
+                    self.manifest(split).utterances, self.features, self.cfg.num_workers
+                )
+        if self._stats is None:
+            self._stats = load_or_compute_stats(
+                self.train_utterances(), self.features, self.cache_root, self.cfg.stats_utterances
+            )
+
+    @property
+    def features(self) -> FeatureSource:
+        """Where log-mel features come from: the cache folder with ``precompute_features``."""
+        if self._features is None:
+            cache = feature_cache_dir(self.cache_root) if self.cfg.precompute_features else None
+            self._features = FeatureSource(cache)
+        return self._features
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tokenizer and statistics, stored in Lightning checkpoints."""
+        state: dict[str, Any] = {}
+        if self._tokenizer is not None:
+            state["tokenizer"] = self._tokenizer.state_dict()
+        if self._stats is not None:
+            state["feature_stats"] = self._stats.to_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Use a checkpoint's tokenizer and statistics (dataloaders made after this use them)."""
+        if "tokenizer" in state_dict:
+            restored = Tokenizer.from_state(state_dict["tokenizer"])
+            if self._tokenizer is not None and restored != self._tokenizer:
+                log.warning("the checkpoint's tokenizer differs from the one built: using it")
+            self._tokenizer = restored
+        if "feature_stats" in state_dict:
+            self._stats = FeatureStats.from_dict(state_dict["feature_stats"])
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """SpecAugment, in training only, on the batch's device."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self.cfg.specaugment.active:
+            batch["feats"] = self.specaugment(
+                batch["feats"], batch["feat_lens"], batch["ids"], epoch=trainer.current_epoch
+            )
+        return batch
+
+    # ----------------------------------------------------------------- dataloaders
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        """Shuffled duration buckets of the train splits, this rank's shard."""
+        utterances = [
+            u for s in self.cfg.train_splits for u in self._usable(s, self.manifest(s), train=True)
+        ]
+        dataset = AsrDataset(utterances, self.tokenizer, self.stats, self.features)
+        return self._loader(dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Batch]:
+        """The dev split in duration order."""
+        return self._split_loader(self.cfg.dev_split)
+
+    def test_dataloader(self) -> list[DataLoader[Batch]]:
+        """One dataloader per test split, in the order of ``test_split_names``."""
+        return [self._split_loader(s) for s in self.cfg.test_splits]
+
+    def eval_dataloader(self, root: str | Path, split: str) -> DataLoader[Batch]:
+        """Batches of any folder ``root/split`` in LibriSpeech's layout, with this module's
+        tokenizer and statistics (never length-filtered; features computed on the fly)."""
+        cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else None
+        manifest = read_split(root, split, self.cfg.on_bad_utterance, cache_dir)
+        utterances = self._usable(f"{root}/{split}", manifest, train=False)
+        return self._loader(AsrDataset(utterances, self.tokenizer, self.stats), shuffle=False)
+
+    def _split_loader(self, split: str) -> DataLoader[Batch]:
+        utterances = self._usable(split, self.manifest(split), train=False)
+        dataset = AsrDataset(utterances, self.tokenizer, self.stats, self.features)
+        return self._loader(dataset, shuffle=False)
+
+    def _loader(self, dataset: AsrDataset, shuffle: bool) -> DataLoader[Batch]:
+        rank, world_size = self._rank_world()
+        sampler = BucketingBatchSampler(
+            dataset.durations,
+            self.cfg.max_batch_seconds,
+            num_buckets=self.cfg.num_buckets,
+            shuffle=shuffle,
+            seed=self.cfg.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        workers = self.cfg.num_workers
+        # The sampler yields whole batches and the dataset collates them: batch_size=None.
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+        )
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _usable(self, name: str, manifest: SplitManifest, train: bool) -> list[Utterance]:
+        """The manifest's utterances without the bad ones (or an error, in ``stop`` mode)."""
+        cfg, tokenizer = self.cfg, self.tokenizer
+        kept: list[Utterance] = []
+        too_long = unknown = 0
+        for u in manifest.utterances:
+            if train and u.duration > cfg.max_utterance_seconds:
+                if cfg.on_bad_utterance == "stop":
+                    raise BadUtteranceError(
+                        u.path,
+                        f"{u.duration:.2f} s is longer than max_utterance_seconds="
+                        f"{cfg.max_utterance_seconds} (on_bad_utterance=skip leaves it out)",
+                    )
+                too_long += 1
+                continue
+            chars = tokenizer.unknown_characters(u.text)
+            if chars:
+                if cfg.on_bad_utterance == "stop":
+                    raise UnknownCharacterError(chars[0], u.text, u.id)
+                unknown += 1
+                continue
+            kept.append(u)
+        if too_long:
+            log.warning(
+                "%s: skipped %d utterances longer than max_utterance_seconds=%s",
+                name,
+                too_long,
+                cfg.max_utterance_seconds,
+            )
+        if unknown:
+            log.warning(
+                "%s: skipped %d utterances with characters the tokenizer cannot encode",
+                name,
+                unknown,
+            )
+        return kept
