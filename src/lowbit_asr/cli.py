@@ -7,6 +7,8 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "size": ("lowbit_asr.commands.size", "per-tensor size table of a model under a quantizer"),
+    "train": ("lowbit_asr.commands.train", "train a Conformer RNN-T (float or QAT) with Hydra"),
+    "evaluate": ("lowbit_asr.commands.evaluate", "WER and real-time factor of a checkpoint"),
     "corpus": ("lowbit_asr.data.corpus", "generate the embedded TTS corpus (LibriSpeech layout)"),
 }
 
@@ -29,8 +31,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lowbit-asr: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         raise SystemExit(2)
     module = importlib.import_module(COMMANDS[name][0])
-    # Hydra and argparse read sys.argv; present the command as its own program.
-    sys.argv = [f"lowbit-asr {name}", *rest]
+    # Hydra and argparse read sys.argv: present the command as its own script. Lightning's DDP
+    # launcher re-runs sys.argv for the other ranks, so argv[0] must be a runnable file.
+    sys.argv = [str(module.__file__), *rest]
     status = module.main()
     if isinstance(status, int) and status:
         raise SystemExit(status)

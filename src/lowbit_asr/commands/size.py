@@ -30,3 +30,7 @@ def main(cfg: DictConfig) -> None:
         print(f"# {policy.name or 'quantizer'} on {cfg.model_name}"
               f" ({count_parameters(model) / 1e6:.2f} M parameters, vocab {cfg.vocab_size})\n")
         print(report.to_markdown())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""LibriSpeech-layout reader, the generated (embedded) corpus, features, tokenizer, DataModule."""

@@ -1,0 +1,215 @@
+"""Typed schemas of the training config; everything is validated before a step runs.
+
+Hydra composes ``conf/train.yaml``; :func:`validate` turns each group into its dataclass (model,
+dataset, quantizer, optimiser, trainer, logger) so a wrong key or value fails at start-up with
+the key's name, not an hour into a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowbit_asr.data.datamodule import DatasetConfig
+from lowbit_asr.model.config import ModelConfig
+from lowbit_asr.model.rnnt import build_model
+from lowbit_asr.quant import QuantPolicy
+from lowbit_asr.train.optim import OptimConfig
+
+INIT_MODES = ("scratch", "float_ckpt")
+
+
+def _build(cls: type, data: Mapping[str, Any] | None, key: str) -> Any:
+    """``cls(**data)`` with unknown keys and validation errors reported under ``key``."""
+    data = dict(data or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{key}: {err}") from err
+
+
+@dataclass
+class TrainerConfig:
+    """The subset of ``lightning.Trainer`` arguments the recipes set, plus CPU threads."""
+
+    accelerator: str = "cpu"
+    """``cpu``, ``gpu`` or ``auto``."""
+    devices: int | str = 1
+    """Devices per node (-1 = all)."""
+    num_nodes: int = 1
+    """Nodes (multi-node DDP)."""
+    strategy: str = "auto"
+    """``auto`` or ``ddp`` (gloo on CPU, NCCL on GPU)."""
+    precision: str = "32-true"
+    """``32-true``, ``bf16-mixed`` or ``16-mixed``."""
+    threads: int = 0
+    """torch intra-op threads per process; 0 leaves torch's default (all cores)."""
+    max_steps: int = 3000
+    """Optimiser steps to train (also the cosine schedule's length)."""
+    max_epochs: int = -1
+    """Epoch limit (-1 = none; ``max_steps`` decides)."""
+    max_time: str | None = None
+    """Wall-clock limit ``DD:HH:MM:SS``; the run stops early, the schedule is unchanged."""
+    val_check_interval: int | float = 500
+    """Validate every this many training batches (int) or fraction of an epoch (float)."""
+    check_val_every_n_epoch: int | None = None
+    """Validate every N epochs (``None`` with an int ``val_check_interval``)."""
+    limit_val_batches: int | float = 1.0
+    """Dev batches per validation (fraction or count)."""
+    log_every_n_steps: int = 25
+    """Logging interval in steps."""
+    gradient_clip_val: float = 5.0
+    """Clip the global gradient norm to this value (0 = off)."""
+    accumulate_grad_batches: int = 1
+    """Batches per optimiser step."""
+    num_sanity_val_steps: int = 0
+    """Validation batches run before training."""
+    fast_dev_run: bool | int = False
+    """Run N (or 1) batches of train/val/test as a smoke test."""
+    deterministic: bool = False
+    """Ask torch for deterministic kernels."""
+    enable_progress_bar: bool = True
+    """Lightning progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.accelerator not in ("cpu", "gpu", "cuda", "auto"):
+            raise ValueError(f"trainer.accelerator must be cpu, gpu or auto, got {self.accelerator!r}")
+        if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
+            raise ValueError(f"trainer.precision: unsupported value {self.precision!r}")
+        if not isinstance(self.max_steps, int) or self.max_steps < -1 or self.max_steps == 0:
+            raise ValueError(f"trainer.max_steps must be a positive integer, got {self.max_steps!r}")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"trainer.threads must be an integer >= 0, got {self.threads!r}")
+
+    def lightning_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``lightning.Trainer``."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "threads"}
+        # The bucketing batch sampler shards across ranks itself.
+        kwargs["use_distributed_sampler"] = False
+        if isinstance(self.val_check_interval, int):
+            # Count the interval across epoch boundaries (small corpora have short epochs).
+            kwargs["check_val_every_n_epoch"] = None
+        return kwargs
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging; offline by default so no network is ever needed."""
+
+    enabled: bool = True
+    """Log to W&B at all."""
+    project: str = "lowbit-asr"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user)."""
+    mode: str = "offline"
+    """``offline`` (sync later), ``online`` (needs WANDB_API_KEY) or ``disabled``."""
+    tags: list[str] = field(default_factory=list)
+    """Extra run tags."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("offline", "online", "disabled"):
+            raise ValueError(f"logger.wandb.mode must be offline, online or disabled, got {self.mode!r}")
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """W&B settings."""
+    csv: dict[str, Any] = field(default_factory=lambda: {"enabled": True})
+    """CSV logger (``enabled``)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.wandb, WandbConfig):
+            self.wandb = _build(WandbConfig, self.wandb, "logger.wandb")
+
+
+@dataclass
+class InitConfig:
+    """Where the weights start from."""
+
+    mode: str = "scratch"
+    """``scratch`` or ``float_ckpt`` (fine-tune a float checkpoint; QAT's default)."""
+    checkpoint: str | None = None
+    """Float checkpoint for ``float_ckpt``."""
+    fake_quant_after_steps: int = 0
+    """Train in float for this many steps before fake quantization switches on."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in INIT_MODES:
+            raise ValueError(f"init.mode must be one of {INIT_MODES}, got {self.mode!r}")
+        if self.mode == "float_ckpt" and not self.checkpoint:
+            raise ValueError("init.checkpoint is required when init.mode=float_ckpt")
+        if not isinstance(self.fake_quant_after_steps, int) or self.fake_quant_after_steps < 0:
+            raise ValueError("init.fake_quant_after_steps must be an integer >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The whole validated run configuration."""
+
+    model: ModelConfig
+    dataset: DatasetConfig
+    quantizer: QuantPolicy
+    optim: OptimConfig
+    trainer: TrainerConfig
+    logger: LoggerConfig
+    init: InitConfig
+    seed: int
+    experiment_name: str
+
+
+def validate(cfg: Mapping[str, Any]) -> TrainConfig:
+    """Check every group of a composed (resolved, plain-container) config; errors name keys."""
+    known = {"model", "dataset", "quantizer", "optim", "trainer", "logger", "init", "seed",
+             "experiment_name", "output_dir"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown top-level key(s) {unknown}; allowed: {sorted(known)}")
+    try:
+        model = ModelConfig(**dict(cfg["model"]))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"model.{err}") from err
+    try:
+        quantizer = QuantPolicy.from_config(cfg.get("quantizer"))
+    except ValueError as err:
+        raise ValueError(f"quantizer: {err}") from err
+    # Resolve the policy against the model's shapes now (on the meta device: no memory), so
+    # a rule that matches nothing or a group size that does not divide fails before any data.
+    # The vocabulary size only changes dim 0 of the embedding and output layers, never K.
+    with torch.device("meta"):
+        probe = build_model(model, vocab_size=2)
+    try:
+        quantizer.plan(probe)
+    except ValueError as err:
+        raise ValueError(f"quantizer: {err}") from err
+    seed = cfg.get("seed", 0)
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    dataset = _build(DatasetConfig, cfg.get("dataset"), "dataset")
+    if not Path(dataset.root).is_dir():
+        raise ValueError(
+            f"dataset.root: no such directory {dataset.root!r} (relative paths are relative to"
+            f" {Path.cwd()}; generate the embedded corpus with `make data`)"
+        )
+    return TrainConfig(
+        model=model,
+        dataset=dataset,
+        quantizer=quantizer,
+        optim=_build(OptimConfig, cfg.get("optim"), "optim"),
+        trainer=_build(TrainerConfig, cfg.get("trainer"), "trainer"),
+        logger=_build(LoggerConfig, cfg.get("logger"), "logger"),
+        init=_build(InitConfig, cfg.get("init"), "init"),
+        seed=seed,
+        experiment_name=str(cfg.get("experiment_name", "run")),
+    )

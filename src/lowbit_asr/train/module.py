@@ -1,0 +1,157 @@
+"""LightningModule for Conformer RNN-T training and QAT: loss, WER and optimisation only.
+
+The module is handed *configs* (plain dicts), never built modules, so a checkpoint rebuilds
+itself: the tokenizer state, model config and quantizer policy are hyper-parameters. The
+quantization policy is applied while the model is built, so a reloaded QAT checkpoint is never
+silently float.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import jiwer
+import lightning as L
+import torch
+from torch import Tensor
+
+from lowbit_asr.data.tokenizer import Tokenizer
+from lowbit_asr.model.rnnt import build_model, count_parameters
+from lowbit_asr.quant import QuantPolicy, prepare, set_fake_quant_enabled, size_report
+from lowbit_asr.train.optim import OptimConfig, build_optimizer, lr_factor
+
+FRAME_SHIFT_SECONDS = 0.01
+"""Feature hop (10 ms): frames -> seconds of audio, for the real-time factor."""
+
+
+def word_errors(refs: list[str], hyps: list[str]) -> tuple[int, int]:
+    """(substitutions + deletions + insertions, reference words) summed over utterances."""
+    errors = words = 0
+    for ref, hyp in zip(refs, hyps, strict=True):
+        ref_words = len(ref.split())
+        if not hyp.strip():
+            errors, words = errors + ref_words, words + ref_words
+            continue
+        out = jiwer.process_words(ref, hyp)
+        errors += out.substitutions + out.deletions + out.insertions
+        words += ref_words
+    return errors, words
+
+
+class RNNTModule(L.LightningModule):
+    """Conformer RNN-T with optional fake quantization; logs loss, learning rate and WER."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        tokenizer: dict[str, Any],
+        quantizer: dict[str, Any] | None = None,
+        optim: dict[str, Any] | None = None,
+        fake_quant_after_steps: int = 0,
+        test_split_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters()
+        self.tokenizer = Tokenizer.from_state(tokenizer)
+        self.model = build_model(model, self.tokenizer.vocab_size)
+        self.policy = QuantPolicy.from_config(quantizer)
+        prepare(self.model, self.policy)
+        self.optim_cfg = OptimConfig(**(optim or {}))
+        self.fake_quant_after_steps = fake_quant_after_steps
+        self.test_split_names = list(test_split_names or [])
+        self._counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self._decode_seconds: dict[str, float] = defaultdict(float)
+        self._audio_seconds: dict[str, float] = defaultdict(float)
+
+    # ---- information ----------------------------------------------------------------------
+    def describe(self) -> str:
+        """Model summary and accounted size under the policy."""
+        size = size_report(self.model, self.policy).summary()
+        return (
+            f"{self.model.summary()}\n"
+            f"quantizer {self.policy.name or 'none'}: {size['total_mb']:.3f} MB"
+            f" ({size['bits_per_quantized_weight']:.2f} bits/quantized weight,"
+            f" float32 {size['float32_bytes'] / 1e6:.3f} MB); {count_parameters(self.model):,}"
+            " parameters"
+        )
+
+    # ---- training -------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Float warm-up: fake quantization switches on after ``fake_quant_after_steps``."""
+        if self.fake_quant_after_steps and not self.policy.is_float:
+            set_fake_quant_enabled(self.model, self.global_step >= self.fake_quant_after_steps)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """RNN-T (+ auxiliary CTC) loss of one batch."""
+        out = self.model(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"])
+        n = batch["feats"].size(0)
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
+        self.log("train/rnnt_loss", out["rnnt_loss"], batch_size=n)
+        if self.model.ctc_head is not None:
+            self.log("train/ctc_loss", out["ctc_loss"], batch_size=n)
+        return out["loss"]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW + per-step warm-up/decay schedule."""
+        optimizer = build_optimizer(self.model.named_parameters(), self.optim_cfg)
+        total = self.optim_cfg.total_steps or max(int(self.trainer.max_steps), 0)
+        if self.optim_cfg.schedule == "cosine" and total <= 0:
+            total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, self.optim_cfg, total)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "step"}}
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def transcribe(self, batch: dict[str, Any]) -> list[str]:
+        """Decoded transcripts of a batch (the model's configured search)."""
+        ids = self.model.decode(batch["feats"], batch["feat_lens"])  # caches quantized weights
+        return [self.tokenizer.decode(seq) for seq in ids]
+
+    def _evaluate(self, batch: dict[str, Any], key: str) -> None:
+        start = time.perf_counter()
+        hyps = self.transcribe(batch)
+        self._decode_seconds[key] += time.perf_counter() - start
+        self._audio_seconds[key] += float(batch["feat_lens"].sum()) * FRAME_SHIFT_SECONDS
+        errors, words = word_errors(batch["texts"], hyps)
+        self._counts[key][0] += errors
+        self._counts[key][1] += words
+
+    def _wer(self, key: str) -> float:
+        errors, words = self._counts.pop(key, [0, 0])
+        totals = torch.tensor([errors, words], dtype=torch.float64, device=self.device)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        return float(totals[0] / totals[1].clamp_min(1))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Loss and decoded WER counts on the dev split."""
+        out = self.model(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"])
+        self.log("val/loss", out["loss"], batch_size=batch["feats"].size(0), sync_dist=True)
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/wer`` (corpus-level, summed over ranks)."""
+        self.log("val/wer", self._wer("val"), prog_bar=True, sync_dist=False)
+        self._decode_seconds.pop("val", None)
+        self._audio_seconds.pop("val", None)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Decoded WER counts per test split."""
+        self._evaluate(batch, self._split_name(dataloader_idx))
+
+    def on_test_epoch_end(self) -> None:
+        """Log ``test/<split>/wer`` and real-time factor per split."""
+        for key in list(self._counts):
+            audio = self._audio_seconds.pop(key, 0.0)
+            seconds = self._decode_seconds.pop(key, 0.0)
+            self.log(f"test/{key}/wer", self._wer(key), sync_dist=False)
+            self.log(f"test/{key}/rtf", seconds / max(audio, 1e-9), sync_dist=False)
+
+    def _split_name(self, dataloader_idx: int) -> str:
+        if dataloader_idx < len(self.test_split_names):
+            return self.test_split_names[dataloader_idx]
+        return f"test{dataloader_idx}"

@@ -1,0 +1,82 @@
+"""Optimiser and learning-rate schedule settings (AdamW, warm-up then decay)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+SCHEDULES = ("cosine", "noam", "constant")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up, then cosine decay to ``final_lr_ratio`` or Noam decay."""
+
+    lr: float = 2e-3
+    """Peak learning rate, reached at the end of warm-up."""
+    weight_decay: float = 1e-3
+    """Decoupled weight decay (not applied to biases, norms or BatchNorm parameters)."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """Adam betas (Conformer recipes use 0.98 for the second moment)."""
+    eps: float = 1e-9
+    """Adam epsilon."""
+    warmup_steps: int = 500
+    """Linear warm-up length in optimiser steps."""
+    schedule: str = "cosine"
+    """After warm-up: ``cosine`` to ``final_lr_ratio`` at ``total_steps``, ``noam``
+    (lr · sqrt(warmup / step)) or ``constant``."""
+    total_steps: int = 0
+    """Steps of the cosine schedule; 0 = the trainer's ``max_steps``."""
+    final_lr_ratio: float = 0.02
+    """Cosine floor as a fraction of ``lr``."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if not (isinstance(self.lr, int | float) and self.lr > 0):
+            raise ValueError(f"optim.lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not isinstance(self.total_steps, int) or self.total_steps < 0:
+            raise ValueError(f"optim.total_steps must be an integer >= 0, got {self.total_steps!r}")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise ValueError(f"optim.final_lr_ratio must be in [0, 1], got {self.final_lr_ratio!r}")
+
+
+def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Multiplier of ``cfg.lr`` at optimiser step ``step`` (0-based)."""
+    step = step + 1
+    if cfg.warmup_steps and step <= cfg.warmup_steps:
+        return step / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "noam":
+        return math.sqrt(max(cfg.warmup_steps, 1) / step)
+    span = max(total_steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    floor = cfg.final_lr_ratio
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(
+    named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (>= 2 dims)."""
+    decay, no_decay = [], []
+    for _, param in named_params:
+        if not param.requires_grad:
+            continue
+        (decay if param.dim() >= 2 else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)

@@ -1,0 +1,82 @@
+"""Every shipped config composes, validates and instantiates; bad values fail with their key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from lowbit_asr.data.datamodule import DatasetConfig
+from lowbit_asr.model.rnnt import build_model, count_parameters
+from lowbit_asr.train.config import validate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _compose(*overrides: str, root: Path) -> dict:
+    # hydra:runtime values only exist inside a Hydra app; name them explicitly here.
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=[*overrides, "experiment_name=test",
+                                          f"output_dir={root}", f"dataset.root={root}"])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    return plain
+
+
+@pytest.mark.parametrize("group,name", [
+    (group, name) for group in ("model", "dataset", "quantizer", "trainer", "logger", "experiment")
+    for name in _names(group)
+])
+def test_every_config_composes_and_validates(group, name, tmp_path):
+    cfg = validate(_compose(f"{group}={name}", root=tmp_path))
+    if group == "model" and name in ("conformer_tiny", "conformer_s"):
+        assert count_parameters(build_model(cfg.model, vocab_size=256)) > 1e6
+    if group == "trainer" and cfg.trainer.accelerator == "cpu":
+        trainer = L.Trainer(**cfg.trainer.lightning_kwargs(), logger=False,
+                            enable_checkpointing=False)
+        assert trainer.max_steps == cfg.trainer.max_steps
+    if group == "dataset":
+        assert isinstance(cfg.dataset, DatasetConfig)
+
+
+def test_experiment_is_a_delta_over_defaults(tmp_path):
+    base = _compose(root=tmp_path)
+    float_mini = _compose("experiment=float_mini", root=tmp_path)
+    assert float_mini["model"]["encoder"]["subsampling_factor"] == 6
+    assert base["model"]["encoder"]["subsampling_factor"] == 4
+    assert float_mini["model"]["encoder"]["d_model"] == base["model"]["encoder"]["d_model"]
+    assert float_mini["dataset"]["tokenizer"]["units"] == "char"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optim.lr=-1"], "optim.lr"),
+    (["+optim.lr_max=1"], "optim: unknown key"),
+    (["model.encoder.num_heads=7"], "encoder.d_model"),
+    (["+model.encoder.width=7"], "width"),
+    (["trainer.precision=64"], "trainer.precision"),
+    (["logger.wandb.mode=sometimes"], "logger.wandb.mode"),
+    (["init.mode=float_ckpt"], "init.checkpoint"),
+    (["dataset.max_batch_seconds=-5"], "max_batch_seconds"),
+    (["dataset.tokenizer.units=phones"], "tokenizer.units"),
+    (["quantizer=int2_asym", "quantizer.default.bits=9"], "QuantSpec.bits"),
+    (["quantizer=int2_asym_g16", "quantizer.rules=[{pattern:'decoder.*',spec:null}]"],
+     "matches no quantizable weight"),
+    (["quantizer=int2_asym_g16", "quantizer.indivisible=error"], "does not divide"),
+])
+def test_bad_values_fail_with_their_key(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        validate(_compose(*overrides, root=tmp_path))
+
+
+def test_missing_dataset_root_is_named(tmp_path):
+    plain = _compose(root=tmp_path)
+    plain["dataset"]["root"] = str(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"dataset\.root: no such directory .*nowhere"):
+        validate(plain)

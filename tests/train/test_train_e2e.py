@@ -1,0 +1,84 @@
+"""End to end through the real CLI (Hydra + Lightning): train, checkpoint, evaluate, DDP on CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+LOWBIT_ASR = str(Path(sys.executable).parent / "lowbit-asr")
+# A 1-block model keeps each run to seconds on 2 cores.
+SMALL_MODEL = [
+    "model.encoder.num_layers=1", "model.encoder.d_model=48", "model.encoder.num_heads=2",
+    "model.encoder.conv_kernel=5", "model.encoder.subsampling_channels=16",
+    "model.predictor.embed_dim=32", "model.predictor.hidden_dim=32", "model.joiner.dim=32",
+    "model.rnnt_loss_impl=torch",
+]
+
+
+def _run(args: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([LOWBIT_ASR, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _dataset_args(corpus_root: Path, cache: Path) -> list[str]:
+    return ["dataset=embedded_tiny", f"dataset.root={corpus_root}", f"dataset.cache_dir={cache}",
+            "dataset.tokenizer.units=char", "dataset.num_workers=0"]
+
+
+def test_train_checkpoint_and_evaluate(tiny_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    _run(["train", *_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL,
+          "logger=csv", "trainer.max_steps=3", "trainer.val_check_interval=3",
+          "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+          "quantizer=int2_asym_g16", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 3
+    assert {"test/test-clean/wer", "test/test-other/wer"} <= set(results["metrics"])
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses and all(loss > 0 for loss in losses)
+    assert any(r.get("val/wer") for r in rows)
+
+    out = tmp_path / "eval.json"
+    proc = _run(["evaluate", f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}",
+                 *_dataset_args(tiny_corpus.root, tmp_path / "cache"), "splits=[dev,test-clean]",
+                 f"out={out}"], cwd=tmp_path)
+    evaluation = json.loads(out.read_text())
+    assert evaluation["quantizer"] == "int2_asym_g16"  # the checkpoint rebuilt its quantizer
+    assert {s: r["utterances"] for s, r in evaluation["splits"].items()} == {
+        "dev": tiny_corpus.splits["dev"].utterances,
+        "test-clean": tiny_corpus.splits["test-clean"].utterances,
+    }
+    assert all(r["wer"] >= 0 and r["rtf"] > 0 for r in evaluation["splits"].values())
+    assert "| test-clean |" in proc.stdout
+
+
+def test_ddp_cpu_two_processes(tiny_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _run(["train", *_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL,
+                 "trainer=ddp_cpu", "logger=csv", "trainer.max_steps=2",
+                 "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+                 "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert "distributed_backend=gloo" in proc.stdout + proc.stderr
+    assert "All distributed processes registered. Starting with 2 processes" in (
+        proc.stdout + proc.stderr)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 2
+
+
+def test_bad_config_fails_before_any_data_is_read(tmp_path):
+    # Every key is checked in-process by tests/test_configs.py; this checks the CLI path.
+    proc = _run(["train", "quantizer=int2_asym_g16", "quantizer.indivisible=error",
+                 "logger=csv", f"hydra.run.dir={tmp_path}"], cwd=tmp_path, ok=False)
+    assert proc.returncode != 0
+    assert "does not divide" in proc.stderr and "quantizer" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()
