@@ -110,7 +110,8 @@ def main() -> None:
           f" (vocab {args.vocab});"
           f" batch {args.batch} × {args.seconds:g} s, U = {args.tokens}; {args.threads} threads;"
           f" torch {torch.__version__}")
-    print(f"int2 asym g16: {report.total_mb:.3f} MB vs float32 {report.float32_bytes / 1e6:.3f} MB\n")
+    print(f"int2 asym g16: {report.total_mb:.3f} MB vs float32"
+          f" {report.float32_bytes / 1e6:.3f} MB\n")
     print("| variant | step ms (median) | min ms | ratio to float | fake-quant of all weights ms |")
     print("|---|---:|---:|---:|---:|")
     for label, samples in times.items():

@@ -16,6 +16,7 @@ from lowbit_asr.quant import (
     fake_quant_modules,
     fake_quantize,
     is_fake_quant_enabled,
+    load_float_state_dict,
     prepare,
     set_fake_quant_enabled,
 )
@@ -196,3 +197,19 @@ def test_training_step_updates_masters_and_keeps_levels():
     assert not torch.equal(before, after)
     levels = [len(torch.unique(row)) for row in model.proj.weight]
     assert max(levels) <= 4
+
+
+def test_float_state_dict_initialises_a_prepared_model():
+    feats, tokens = _inputs()
+    trained = _zoo()
+    expected = prepare(copy.deepcopy(trained), _policy())(feats, tokens)
+    fresh = prepare(Zoo().eval(), _policy())
+    load_float_state_dict(fresh, trained.state_dict())
+    assert torch.equal(fresh(feats, tokens), expected)
+    state = trained.state_dict()
+    state["proj.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match=r"shape mismatch .*proj\.weight \(3, 3\) vs \(16, 24\)"):
+        load_float_state_dict(fresh, state)
+    del state["proj.weight"]
+    with pytest.raises(ValueError, match=r"missing \['proj\.weight'\]"):
+        load_float_state_dict(fresh, state)

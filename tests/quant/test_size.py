@@ -1,4 +1,4 @@
-"""Size accounting against totals computed by hand (METHOD.md, 'Stored form and size accounting')."""
+"""Size accounting against totals computed by hand (METHOD.md, 'Stored form and size ...')."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def test_rows_name_every_tensor_with_its_format():
     }
     assert rows["lin.weight"].format == "int2-asym-g16-f16"
     assert (rows["lin.weight"].groups, rows["lin.weight"].scale_bits) == (32, 32 * 32)
-    assert rows["emb.weight"].format == "float32" and rows["emb.weight"].source.startswith("rules[0]")
+    assert rows["emb.weight"].format == "float32"
+    assert rows["emb.weight"].source.startswith("rules[0]")
     assert rows["bn.running_var"].kind == "buffer"
     assert rows["bn.num_batches_tracked"].format == "int64"
     assert report.quantized_params == 512 + 384

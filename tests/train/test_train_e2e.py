@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 LOWBIT_ASR = str(Path(sys.executable).parent / "lowbit-asr")
 # A 1-block model keeps each run to seconds on 2 cores.
 SMALL_MODEL = [
@@ -35,7 +34,7 @@ def _dataset_args(corpus_root: Path, cache: Path) -> list[str]:
 def test_train_checkpoint_and_evaluate(tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
     _run(["train", *_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL,
-          "logger=csv", "trainer.max_steps=3", "trainer.val_check_interval=3",
+          "logger=default", "trainer.max_steps=3", "trainer.val_check_interval=3",
           "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
           "quantizer=int2_asym_g16", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
 
@@ -47,6 +46,8 @@ def test_train_checkpoint_and_evaluate(tiny_corpus, tmp_path):
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses and all(loss > 0 for loss in losses)
     assert any(r.get("val/wer") for r in rows)
+    # W&B ran offline (no network here): its run folder holds the synced-later history.
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
     out = tmp_path / "eval.json"
     proc = _run(["evaluate", f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}",

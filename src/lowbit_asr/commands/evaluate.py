@@ -23,28 +23,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
-from lowbit_asr.data.features import FeatureStats
+from lowbit_asr.train.checkpoint import read_checkpoint, restore
 from lowbit_asr.train.module import FRAME_SHIFT_SECONDS, RNNTModule, word_errors
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
-
-
-def load_checkpoint(path: str | Path) -> tuple[RNNTModule, FeatureStats]:
-    """Rebuild the module (quantizer applied while building) and its feature statistics.
-
-    Loads with ``weights_only=True``: a checkpoint cannot run code.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("hyper_parameters", "state_dict", "AsrDataModule"):
-        if key not in ckpt:
-            raise ValueError(f"{path}: not a lowbit-asr training checkpoint (no {key!r})")
-    module = RNNTModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
-    stats = FeatureStats.from_dict(ckpt["AsrDataModule"]["feature_stats"])
-    return module.eval(), stats
 
 
 @torch.no_grad()
@@ -69,11 +51,11 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on every requested split."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    module, stats = load_checkpoint(cfg.checkpoint)
+    module, tokenizer, stats = restore(read_checkpoint(cfg.checkpoint))
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.decoding).items() if v is not None}
     module.model.cfg.decoding = replace(module.model.cfg.decoding, **overrides)
     dataset = DatasetConfig(**OmegaConf.to_container(cfg.dataset, resolve=True))
-    data = AsrDataModule(dataset, tokenizer=module.tokenizer, stats=stats)
+    data = AsrDataModule(dataset, tokenizer=tokenizer, stats=stats)
     splits = list(cfg.splits) if cfg.splits else list(dataset.test_splits)
     results: dict[str, Any] = {
         "checkpoint": str(cfg.checkpoint), "root": str(dataset.root),
@@ -85,7 +67,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_suffix(".eval.json")
     out.write_text(json.dumps(results, indent=1))
-    print(f"| split | utterances | words | WER % | RTF |\n|---|---:|---:|---:|---:|")
+    print("| split | utterances | words | WER % | RTF |\n|---|---:|---:|---:|---:|")
     for split, r in results["splits"].items():
         print(f"| {split} | {r['utterances']} | {r['words']} | {100 * r['wer']:.2f} |"
               f" {r['rtf']:.3f} |")

@@ -1,7 +1,8 @@
 """``lowbit-asr train [overrides]``: config -> data -> model (+ quantizer) -> fit -> test.
 
     lowbit-asr train experiment=float_mini
-    lowbit-asr train dataset=librispeech dataset.root=/data/LibriSpeech model=conformer_l trainer=ddp
+    lowbit-asr train dataset=librispeech dataset.root=/data/LibriSpeech model=conformer_l \\
+        trainer=ddp
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lowbit_asr.data.datamodule import AsrDataModule
+from lowbit_asr.train.checkpoint import data_state, init_from_float, read_checkpoint
 from lowbit_asr.train.config import TrainConfig, validate
 from lowbit_asr.train.module import RNNTModule
 
@@ -51,7 +53,10 @@ def main(dict_cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.seed, workers=True)
 
-    data = AsrDataModule(cfg.dataset)
+    init = read_checkpoint(cfg.init.checkpoint) if cfg.init.mode == "float_ckpt" else None
+    # QAT from a float checkpoint keeps its tokenizer and feature statistics.
+    tokenizer, stats = data_state(init) if init else (None, None)
+    data = AsrDataModule(cfg.dataset, tokenizer=tokenizer, stats=stats)
     data.prepare_data()
     data.setup("fit")
     module = RNNTModule(
@@ -59,6 +64,9 @@ def main(dict_cfg: DictConfig) -> dict[str, Any]:
         optim=plain.get("optim"), fake_quant_after_steps=cfg.init.fake_quant_after_steps,
         test_split_names=list(data.test_split_names),
     )
+    if init:
+        init_from_float(module, init, cfg.init.checkpoint)
+        log.info("initialised from float checkpoint %s", cfg.init.checkpoint)
     log.info("%s", module.describe())
 
     checkpoints = ModelCheckpoint(

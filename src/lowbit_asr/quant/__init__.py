@@ -19,6 +19,7 @@ from lowbit_asr.quant.prepare import (
     fake_quant_disabled,
     fake_quant_modules,
     is_fake_quant_enabled,
+    load_float_state_dict,
     prepare,
     set_fake_quant_enabled,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "fake_quant_modules",
     "fake_quantize",
     "is_fake_quant_enabled",
+    "load_float_state_dict",
     "prepare",
     "quantize",
     "set_fake_quant_enabled",

@@ -10,13 +10,13 @@ state dict); every forward pass reads its quantize-dequantize.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from lowbit_asr.quant.fake_quant import fake_quantize
-from lowbit_asr.quant.policy import QuantPolicy
+from lowbit_asr.quant.policy import QuantPolicy, logical_name
 from lowbit_asr.quant.spec import QuantSpec
 
 
@@ -106,3 +106,28 @@ def fake_quant_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for fq, state in saved:
             fq.enabled = state
+
+
+def load_float_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Load a float model's state dict (``a.weight``) into ``model``, prepared or not.
+
+    Keys are matched by logical name, so a float checkpoint initialises QAT. Missing or
+    unexpected keys and shape mismatches raise ``ValueError`` naming the tensors.
+    """
+    own = model.state_dict()
+    by_logical = {logical_name(key): key for key in own}
+    missing = sorted(set(by_logical) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(by_logical))
+    if missing or unexpected:
+        raise ValueError(
+            f"state dict does not fit {type(model).__name__}: missing {missing[:5]}"
+            f"{' …' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{' …' if len(unexpected) > 5 else ''}"
+        )
+    mismatched = [
+        f"{name} {tuple(state_dict[name].shape)} vs {tuple(own[key].shape)}"
+        for name, key in by_logical.items() if state_dict[name].shape != own[key].shape
+    ]
+    if mismatched:
+        raise ValueError(f"shape mismatch (checkpoint vs model): {'; '.join(mismatched[:5])}")
+    model.load_state_dict({key: state_dict[name] for name, key in by_logical.items()})

@@ -81,11 +81,15 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         if self.accelerator not in ("cpu", "gpu", "cuda", "auto"):
-            raise ValueError(f"trainer.accelerator must be cpu, gpu or auto, got {self.accelerator!r}")
+            raise ValueError(
+                f"trainer.accelerator must be cpu, gpu or auto, got {self.accelerator!r}"
+            )
         if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
             raise ValueError(f"trainer.precision: unsupported value {self.precision!r}")
         if not isinstance(self.max_steps, int) or self.max_steps < -1 or self.max_steps == 0:
-            raise ValueError(f"trainer.max_steps must be a positive integer, got {self.max_steps!r}")
+            raise ValueError(
+                f"trainer.max_steps must be a positive integer, got {self.max_steps!r}"
+            )
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"trainer.threads must be an integer >= 0, got {self.threads!r}")
 
@@ -117,7 +121,9 @@ class WandbConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"logger.wandb.mode must be offline, online or disabled, got {self.mode!r}")
+            raise ValueError(
+                f"logger.wandb.mode must be offline, online or disabled, got {self.mode!r}"
+            )
 
 
 @dataclass

@@ -65,6 +65,7 @@ class RNNTModule(L.LightningModule):
         self._counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._decode_seconds: dict[str, float] = defaultdict(float)
         self._audio_seconds: dict[str, float] = defaultdict(float)
+        self._train_start: float | None = None
 
     # ---- information ----------------------------------------------------------------------
     def describe(self) -> str:
@@ -79,6 +80,10 @@ class RNNTModule(L.LightningModule):
         )
 
     # ---- training -------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """Start the wall clock behind ``time/train_minutes`` (for minutes -> WER curves)."""
+        self._train_start = time.perf_counter()
+
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Float warm-up: fake quantization switches on after ``fake_quant_after_steps``."""
         if self.fake_quant_after_steps and not self.policy.is_float:
@@ -136,6 +141,9 @@ class RNNTModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """Log ``val/wer`` (corpus-level, summed over ranks)."""
         self.log("val/wer", self._wer("val"), prog_bar=True, sync_dist=False)
+        if self._train_start is not None:
+            minutes = (time.perf_counter() - self._train_start) / 60
+            self.log("time/train_minutes", minutes, sync_dist=False)
         self._decode_seconds.pop("val", None)
         self._audio_seconds.pop("val", None)
 
