@@ -9,6 +9,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "size": ("lowbit_asr.commands.size", "per-tensor size table of a model under a quantizer"),
     "train": ("lowbit_asr.commands.train", "train a Conformer RNN-T (float or QAT) with Hydra"),
     "evaluate": ("lowbit_asr.commands.evaluate", "WER and real-time factor of a checkpoint"),
+    "frontier": ("lowbit_asr.commands.frontier", "size-vs-WER Pareto front of a sweep directory"),
     "corpus": ("lowbit_asr.data.corpus", "generate the embedded TTS corpus (LibriSpeech layout)"),
 }
 

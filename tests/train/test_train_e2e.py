@@ -39,8 +39,12 @@ def test_train_checkpoint_and_evaluate(tiny_corpus, tmp_path):
           "quantizer=int2_asym_g16", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
 
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["steps"] == 3
-    assert {"test/test-clean/wer", "test/test-other/wer"} <= set(results["metrics"])
+    assert results["status"] == "ok" and results["steps"] == 3
+    assert set(results["wer"]) == {"test-clean", "test-other"}
+    assert results["quantizer"] == "int2_asym_g16" and results["quant_bits"] == 2
+    assert results["quant_symmetric"] is False
+    assert results["size_bytes"] > 0 and results["command"].startswith("lowbit-asr train ")
+    assert "quantizer=int2_asym_g16" in results["command"]
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]

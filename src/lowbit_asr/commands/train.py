@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +26,7 @@ from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.train.checkpoint import data_state, init_from_float, read_checkpoint
 from lowbit_asr.train.config import TrainConfig, validate
 from lowbit_asr.train.module import RNNTModule
+from lowbit_asr.train.results import RESULT_FILE, failed_row, result_row
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 log = logging.getLogger("lowbit_asr.train")
@@ -42,13 +46,18 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, plain: dict[str, Any]) -> lis
     return loggers
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(dict_cfg: DictConfig) -> dict[str, Any]:
-    """Train, then evaluate every test split; writes ``results.json`` in the run directory."""
-    plain = OmegaConf.to_container(dict_cfg, resolve=True)
-    assert isinstance(plain, dict)
+def command_line() -> str:
+    """The command that reproduces this run: ``lowbit-asr train`` + its Hydra overrides."""
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not inside a Hydra app (e.g. called from Python)
+        overrides = []
+    return " ".join(["lowbit-asr train", *overrides])
+
+
+def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train, then evaluate every test split; returns the result row."""
     cfg = validate(plain)  # fails here, before any data is read, on a wrong key or value
-    run_dir = Path(plain.get("output_dir") or Path.cwd())
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.seed, workers=True)
@@ -73,9 +82,10 @@ def main(dict_cfg: DictConfig) -> dict[str, Any]:
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/wer", mode="min",
         save_last=True, auto_insert_metric_name=False,
     )
+    loggers = build_loggers(cfg, run_dir, plain)
     trainer = L.Trainer(
         **cfg.trainer.lightning_kwargs(), default_root_dir=str(run_dir),
-        logger=build_loggers(cfg, run_dir, plain) or False,
+        logger=loggers or False,
         callbacks=[checkpoints, LearningRateMonitor(logging_interval="step")],
     )
     start = time.perf_counter()
@@ -83,17 +93,49 @@ def main(dict_cfg: DictConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
 
     best = checkpoints.best_model_path or None
-    test_metrics = trainer.test(module, datamodule=data, ckpt_path=best, weights_only=True)
-    results = {
-        "experiment": cfg.experiment_name,
-        "train_seconds": train_seconds,
-        "steps": trainer.global_step,
-        "best_checkpoint": best,
-        "metrics": {k: v for d in test_metrics for k, v in d.items()},
-    }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
-    log.info("results: %s", json.dumps(results, indent=1))
-    return results
+    metrics = {k: v for d in trainer.test(module, datamodule=data, ckpt_path=best,
+                                          weights_only=True) for k, v in d.items()}
+    wer = {split: float(metrics[f"test/{split}/wer"]) for split in data.test_split_names}
+    row = result_row(
+        run_id=run_dir.name, experiment=cfg.experiment_name, model=module.model,
+        policy=module.policy, wer=wer, train_seconds=train_seconds, steps=trainer.global_step,
+        command=command_line(),
+        extra={"best_checkpoint": best, "rtf": {s: float(metrics[f"test/{s}/rtf"])
+                                                for s in data.test_split_names}},
+    )
+    for logger in loggers:
+        if isinstance(logger, L.pytorch.loggers.WandbLogger) and trainer.is_global_zero:
+            logger.experiment.summary.update({
+                "model/size_mb": row["size_mb"], "quant/bits": row["quant_bits"],
+                "quant/granularity": row["quant_granularity"],
+                **{f"test/{s}/wer": w for s, w in wer.items()},
+            })
+    return row
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(dict_cfg: DictConfig) -> dict[str, Any]:
+    """Run and write ``results.json``; in a multirun sweep a failing point is recorded as
+    failed (with its error) and the sweep goes on."""
+    plain = OmegaConf.to_container(dict_cfg, resolve=True)
+    assert isinstance(plain, dict)
+    run_dir = Path(plain.get("output_dir") or Path.cwd())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        row = run(plain, run_dir)
+    except Exception as err:
+        row = failed_row(run_id=run_dir.name, experiment=str(plain.get("experiment_name")),
+                         quantizer=str((plain.get("quantizer") or {}).get("name", "none")),
+                         error=f"{type(err).__name__}: {err}", command=command_line())
+        (run_dir / RESULT_FILE).write_text(json.dumps(row, indent=1))
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        log.exception("grid point failed; recorded in %s", run_dir / RESULT_FILE)
+        return row
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        (run_dir / RESULT_FILE).write_text(json.dumps(row, indent=1))
+    log.info("result: %s", json.dumps(row, indent=1))
+    return row
 
 
 if __name__ == "__main__":
