@@ -54,8 +54,14 @@ CORPUS_SEED ?= 0
 data: install ## Generate the embedded TTS corpus (CORPUS_SIZE=mini|tiny, CORPUS_SEED=0) in data/
 	$(VENV)/bin/lowbit-asr corpus --size $(CORPUS_SIZE) --seed $(CORPUS_SEED) --out data/embedded-$(CORPUS_SIZE)
 
-reproduce: install ## Data -> float baseline -> quantization grid -> frontier -> RESULTS.md
-	@echo "make reproduce: not implemented yet (issue 4)"; exit 1
+DATASET ?= embedded_mini
+DATA_ROOT ?=
+TRAINER ?= cpu
+EXPERIMENT ?= $(if $(filter librispeech,$(DATASET)),librispeech,mini)
+reproduce: install ## Data -> float -> QAT grid -> frontier -> RESULTS.md (DATASET=librispeech DATA_ROOT=… TRAINER=ddp)
+	$(VENV)/bin/lowbit-asr reproduce --dataset $(DATASET) --trainer $(TRAINER) \
+	  --float-experiment float_$(EXPERIMENT) --qat-experiment qat_$(EXPERIMENT) \
+	  $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
 clean: ## Remove build and run artefacts (keeps .venv and data/)
 	rm -rf .pytest_cache .ruff_cache outputs multirun lightning_logs wandb

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,41 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusManifest:
     with open(shared / "tiny-corpus.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return generate_corpus(shared / "tiny-corpus", size="tiny", seed=0)
+
+
+def _row(run_id, quantizer, bits, gran, size, wer_clean, wer_other, symmetric=False):
+    return {"status": "ok", "run_id": run_id, "experiment": "grid", "quantizer": quantizer,
+            "quant_bits": bits, "quant_symmetric": symmetric, "quant_granularity": gran,
+            "quant_group": "g16" if gran == "sub_channel" else gran, "quant_clip": "none",
+            "size_bytes": int(size * 1e6), "size_mb": size, "bits_per_quantized_weight": 2.0,
+            "wer": {"test-clean": wer_clean, "test-other": wer_other}, "commit": "abc",
+            "command": f"lowbit-asr train quantizer={quantizer}"}
+
+
+def _sweep(root: Path) -> Path:
+    """Six finished runs (float, int8, int4, three int2) and two failed ones."""
+    rows = [
+        _row("0", "none", 32, "float", 16.0, 0.10, 0.20, symmetric=None),
+        _row("1", "int8_sym", 8, "per_channel", 4.1, 0.10, 0.21, symmetric=True),
+        _row("2", "int4_asym", 4, "per_channel", 2.2, 0.11, 0.22),
+        _row("3", "int2_sym", 2, "per_channel", 1.2, 0.40, 0.60, symmetric=True),
+        _row("4", "int2_asym_g16", 2, "sub_channel", 2.3, 0.12, 0.23),
+        _row("5", "int2_asym", 2, "per_channel", 1.2, 0.20, 0.35),
+    ]
+    for i, row in enumerate(rows):
+        (root / str(i)).mkdir(parents=True)
+        (root / str(i) / "results.json").write_text(json.dumps(row))
+    (root / "6").mkdir()
+    (root / "6" / "results.json").write_text(json.dumps({
+        "status": "failed", "run_id": "6", "quantizer": "int2_asym_g7",
+        "error": "ValueError: group_size=7 does not divide K=144"}))
+    (root / "7").mkdir()
+    (root / "7" / "results.json").write_text("{truncated")
+    return root
+
+
+
+@pytest.fixture
+def make_sweep() -> Callable[[Path], Path]:
+    """Writes a synthetic sweep folder of result rows (no training) and returns it."""
+    return _sweep

@@ -30,12 +30,15 @@ def _compose(*overrides: str, root: Path) -> dict:
     return plain
 
 
-@pytest.mark.parametrize("group,name", [
-    (group, name) for group in ("model", "dataset", "quantizer", "trainer", "logger", "experiment")
-    for name in _names(group)
-])
+GROUPS = ("model", "dataset", "quantizer", "trainer", "logger", "experiment", "sweep")
+
+
+@pytest.mark.parametrize("group,name", [(g, n) for g in GROUPS for n in _names(g)])
 def test_every_config_composes_and_validates(group, name, tmp_path):
-    cfg = validate(_compose(f"{group}={name}", root=tmp_path))
+    overrides = [f"{group}={name}"]
+    if name.startswith("qat_") or group == "sweep":
+        overrides.append(f"init.checkpoint={tmp_path / 'float.ckpt'}")  # a required value
+    cfg = validate(_compose(*overrides, root=tmp_path))
     if group == "model" and name in ("conformer_tiny", "conformer_s"):
         assert count_parameters(build_model(cfg.model, vocab_size=256)) > 1e6
     if group == "trainer" and cfg.trainer.accelerator == "cpu":

@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lowbit_asr.commands.train", "train a Conformer RNN-T (float or QAT) with Hydra"),
     "evaluate": ("lowbit_asr.commands.evaluate", "WER and real-time factor of a checkpoint"),
     "frontier": ("lowbit_asr.commands.frontier", "size-vs-WER Pareto front of a sweep directory"),
+    "reproduce": ("lowbit_asr.commands.reproduce", "data -> float -> QAT grid -> frontier"),
     "corpus": ("lowbit_asr.data.corpus", "generate the embedded TTS corpus (LibriSpeech layout)"),
 }
 

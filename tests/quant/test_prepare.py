@@ -213,3 +213,17 @@ def test_float_state_dict_initialises_a_prepared_model():
     del state["proj.weight"]
     with pytest.raises(ValueError, match=r"missing \['proj\.weight'\]"):
         load_float_state_dict(fresh, state)
+
+
+def test_two_dimensional_biases_stay_float():
+    class RelPosBias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+            self.pos_bias_u = nn.Parameter(torch.zeros(2, 4))  # 2-D, but a bias
+
+    model = prepare(RelPosBias(), QuantPolicy.uniform(QuantSpec(2)))
+    assert [name for name, _ in fake_quant_modules(model)] == ["qkv.weight"]
+    with pytest.raises(ValueError, match="matches no quantizable weight"):
+        QuantPolicy.from_config({"rules": [{"pattern": "*pos_bias*", "spec": {"bits": 8}}]}).plan(
+            RelPosBias())

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 from lowbit_asr.train.frontier import frontier_rows, load_rows, pareto_front, write_frontier
 
@@ -18,38 +16,8 @@ def test_pareto_front():
     assert pareto_front([]) == []
 
 
-def _row(run_id, quantizer, bits, gran, size, wer_clean, wer_other, symmetric=False):
-    return {"status": "ok", "run_id": run_id, "experiment": "grid", "quantizer": quantizer,
-            "quant_bits": bits, "quant_symmetric": symmetric, "quant_granularity": gran,
-            "quant_group": "g16" if gran == "sub_channel" else gran, "quant_clip": "none",
-            "size_bytes": int(size * 1e6), "size_mb": size, "bits_per_quantized_weight": 2.0,
-            "wer": {"test-clean": wer_clean, "test-other": wer_other}, "commit": "abc",
-            "command": f"lowbit-asr train quantizer={quantizer}"}
-
-
-def _sweep(root: Path) -> Path:
-    rows = [
-        _row("0", "none", 32, "float", 16.0, 0.10, 0.20, symmetric=None),
-        _row("1", "int8_sym", 8, "per_channel", 4.1, 0.10, 0.21, symmetric=True),
-        _row("2", "int4_asym", 4, "per_channel", 2.2, 0.11, 0.22),
-        _row("3", "int2_sym", 2, "per_channel", 1.2, 0.40, 0.60, symmetric=True),
-        _row("4", "int2_asym_g16", 2, "sub_channel", 2.3, 0.12, 0.23),
-        _row("5", "int2_asym", 2, "per_channel", 1.2, 0.20, 0.35),
-    ]
-    for i, row in enumerate(rows):
-        (root / str(i)).mkdir(parents=True)
-        (root / str(i) / "results.json").write_text(json.dumps(row))
-    (root / "6").mkdir()
-    (root / "6" / "results.json").write_text(json.dumps({
-        "status": "failed", "run_id": "6", "quantizer": "int2_asym_g7",
-        "error": "ValueError: group_size=7 does not divide K=144"}))
-    (root / "7").mkdir()
-    (root / "7" / "results.json").write_text("{truncated")
-    return root
-
-
-def test_frontier_rows_flags_and_relative_numbers(tmp_path):
-    flat, splits = frontier_rows(load_rows(_sweep(tmp_path)))
+def test_frontier_rows_flags_and_relative_numbers(make_sweep, tmp_path):
+    flat, splits = frontier_rows(load_rows(make_sweep(tmp_path)))
     assert splits == ["test-clean", "test-other"]
     by_name = {item["quantizer"]: item for item in flat}
     assert by_name["int4_asym"]["rel_size_vs_int4"] == 1.0
@@ -61,8 +29,8 @@ def test_frontier_rows_flags_and_relative_numbers(tmp_path):
     assert [item["size_mb"] for item in flat] == sorted(item["size_mb"] for item in flat)
 
 
-def test_write_frontier_lists_failures_and_plots(tmp_path):
-    paths = write_frontier(_sweep(tmp_path / "sweep"), tmp_path / "out")
+def test_write_frontier_lists_failures_and_plots(make_sweep, tmp_path):
+    paths = write_frontier(make_sweep(tmp_path / "sweep"), tmp_path / "out")
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [r["status"] for r in rows].count("failed") == 2
     assert {r["run_id"] for r in rows} >= {"6", "7"}
@@ -73,8 +41,8 @@ def test_write_frontier_lists_failures_and_plots(tmp_path):
     assert paths["png"].stat().st_size > 10_000
 
 
-def test_frontier_command_logs_offline(tmp_path):
-    sweep = _sweep(tmp_path / "sweep")
+def test_frontier_command_logs_offline(make_sweep, tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
     proc = subprocess.run([sys.executable, "-m", "lowbit_asr.cli", "frontier", str(sweep),
                            "--wandb", "offline"], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)

@@ -87,3 +87,21 @@ def test_bad_config_fails_before_any_data_is_read(tmp_path):
     assert proc.returncode != 0
     assert "does not divide" in proc.stderr and "quantizer" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_tiny_sweep_writes_the_frontier_and_survives_a_failing_point(tiny_corpus, tmp_path):
+    sweep = tmp_path / "sweep"
+    # int2_sym_g16 with indivisible=error fails on the 3x3 subsampling conv (K = 9): the sweep
+    # must go on, and the frontier must list it as failed.
+    _run(["train", "-m", *_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL,
+          "logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=2",
+          "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+          "quantizer=none,int2_asym,int2_sym_g16", "quantizer.indivisible=error",
+          f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    rows = list(csv.DictReader((sweep / "frontier.csv").open()))
+    assert sorted((r["quantizer"], r["status"]) for r in rows) == [
+        ("int2_asym", "ok"), ("int2_sym_g16", "failed"), ("none", "ok")]
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert "does not divide" in failed["error"]
+    assert (sweep / "frontier.png").is_file()
+    assert "Failed runs (1)" in (sweep / "frontier.md").read_text()

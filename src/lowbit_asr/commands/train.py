@@ -88,8 +88,13 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         logger=loggers or False,
         callbacks=[checkpoints, LearningRateMonitor(logging_interval="step")],
     )
+    # Same command, same run directory => resume where a killed run stopped.
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if last.is_file() else None
+    if resume:
+        log.info("resuming from %s", resume)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     train_seconds = time.perf_counter() - start
 
     best = checkpoints.best_model_path or None

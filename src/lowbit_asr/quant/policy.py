@@ -2,8 +2,10 @@
 
 Rules match *logical* parameter names (``encoder.layers.0.ff1.linear1.weight``), also on a
 model that is already prepared (where the stored name has ``.parametrizations.weight.original``).
-Only weights with two or more dims are candidates: biases, norm scales and BatchNorm statistics
-always stay float, as in the paper.
+Only weights are candidates — parameters with two or more dims whose own name contains
+``weight`` (``weight``, ``in_proj_weight``, ``weight_ih_l0`` …): biases (also 2-D ones such as
+the attention's ``pos_bias_u``), norm scales and BatchNorm statistics always stay float, as in
+the paper.
 """
 
 from __future__ import annotations
@@ -206,8 +208,14 @@ def logical_name(name: str) -> str:
     return re.sub(r"\.?parametrizations\.([^.]+)\.original$", r".\1", name).lstrip(".")
 
 
+def is_quantizable(name: str, param: Tensor) -> bool:
+    """A weight matrix or kernel: >= 2 dims and ``weight`` in its own (last) name."""
+    return param.dim() >= 2 and "weight" in name.rsplit(".", 1)[-1]
+
+
 def quantizable_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """(logical name, float master weight) for every parameter with >= 2 dims."""
+    """(logical name, float master weight) for every quantization candidate."""
     for name, param in model.named_parameters():
-        if param.dim() >= 2:
-            yield logical_name(name), param
+        logical = logical_name(name)
+        if is_quantizable(logical, param):
+            yield logical, param

@@ -1,0 +1,152 @@
+"""``lowbit-asr reproduce``: data -> float baseline -> QAT grid -> frontier -> RESULTS.md.
+
+Staged and resumable: every stage and every grid point lives in its own folder under
+``--out`` and is skipped when its ``results.json`` says ``ok``; an interrupted training run
+resumes from its ``last.ckpt`` (the train command does that by itself). Each stage runs the
+public CLI (``lowbit-asr train …``) in a subprocess, so what it does is what a user can type,
+and one failing grid point is recorded and does not stop the others.
+
+    lowbit-asr reproduce                                   # generated mini corpus, CPU
+    lowbit-asr reproduce --dataset librispeech --data-root /data/LibriSpeech --trainer ddp \\
+        --float-experiment float_librispeech --qat-experiment qat_librispeech
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lowbit_asr.train.frontier import write_frontier
+from lowbit_asr.train.results import RESULT_FILE, git_commit
+
+DEFAULT_GRID = (
+    "int8_asym", "int4_sym", "int4_asym", "int2_sym", "int2_asym", "int2_asym_g16",
+    "int2_asym_g64", "int2_asym_clipsearch", "mixed_int2_ffn_attn_int4_rest",
+    "mixed_int2_encoder_int8_rest",
+)
+MARK = "<!-- reproduce:{dataset} -->"
+
+
+def _done(run_dir: Path) -> dict | None:
+    path = run_dir / RESULT_FILE
+    if path.is_file():
+        row = json.loads(path.read_text())
+        if row.get("status") == "ok":
+            return row
+    return None
+
+
+def _train(args: list[str], run_dir: Path, log_path: Path) -> int:
+    """One ``lowbit-asr train`` run, its output appended to ``log_path``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).parent / "lowbit-asr"), "train", *args,
+               f"hydra.run.dir={run_dir}"]
+    with log_path.open("a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def write_results_section(results_md: Path, dataset: str, out: Path, command: str) -> None:
+    """Replace (or append) this dataset's section of RESULTS.md with the frontier table."""
+    mark = MARK.format(dataset=dataset)
+    table = (out / "frontier.md").read_text().strip()
+    float_row = _done(out / "float") or {}
+    section = "\n".join([
+        mark,
+        f"## `make reproduce` on {dataset}",
+        "",
+        f"Command: `{command}`; commit `{git_commit()}`; float baseline"
+        f" `{float_row.get('command', '?')}` ({float_row.get('train_seconds', 0) / 60:.1f} min)."
+        f" Files: `{out}/frontier.csv`, `{out}/frontier.md`.",
+        "",
+        table,
+        "",
+        f"![size vs WER]({out / 'frontier.png'})",
+        mark,
+    ])
+    text = results_md.read_text() if results_md.is_file() else "# Results\n"
+    if mark in text:
+        head, _, rest = text.partition(mark)
+        _, _, tail = rest.partition(mark)
+        text = head + section + tail
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    results_md.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stages that are not finished yet."""
+    parser = argparse.ArgumentParser(prog="lowbit-asr reproduce", description=__doc__)
+    parser.add_argument("--dataset", default="embedded_mini", help="a conf/dataset name")
+    parser.add_argument("--data-root", default=None, help="dataset.root (LibriSpeech folder)")
+    parser.add_argument("--trainer", default="cpu", help="a conf/trainer name")
+    parser.add_argument("--float-experiment", default="float_mini")
+    parser.add_argument("--qat-experiment", default="qat_mini")
+    parser.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID),
+                        help="quantizer configs (conf/quantizer) to fine-tune")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="stage folders (default runs/reproduce/<dataset>)")
+    parser.add_argument("--results-md", type=Path, default=Path("RESULTS.md"))
+    parser.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for train")
+    args = parser.parse_args(argv)
+    out = args.out or Path("runs") / "reproduce" / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "reproduce.log"
+    common = [f"dataset={args.dataset}", f"trainer={args.trainer}", *args.extra]
+    if args.data_root:
+        common.append(f"dataset.root={args.data_root}")
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        print(f"[reproduce {time.perf_counter() - start:7.0f} s] {message}", flush=True)
+
+    if args.dataset.startswith("embedded_") and not args.data_root:
+        size = args.dataset.removeprefix("embedded_")
+        say(f"stage 1/4: corpus ({size})")
+        subprocess.run([str(Path(sys.executable).parent / "lowbit-asr"), "corpus", "--size",
+                        size, "--out", f"data/embedded-{size}"], check=True)
+
+    float_dir = out / "float"
+    if _done(float_dir):
+        say("stage 2/4: float baseline — done before, skipped")
+    else:
+        say(f"stage 2/4: float baseline ({args.float_experiment}); log in {log_path}")
+        if _train([f"experiment={args.float_experiment}", *common], float_dir, log_path):
+            say(f"float baseline failed: see {log_path}")
+            return 1
+    float_row = _done(float_dir)
+    assert float_row is not None
+    say(f"float baseline: WER {float_row['wer']}, {float_row['size_mb']:.3f} MB")
+    best = float_row.get("best_checkpoint") or str(float_dir / "checkpoints" / "last.ckpt")
+
+    for i, quantizer in enumerate(args.grid, 1):
+        point = out / "grid" / quantizer
+        if _done(point):
+            say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer} — done before, skipped")
+            continue
+        code = _train([f"experiment={args.qat_experiment}", f"quantizer={quantizer}",
+                       f"init.checkpoint={best}", *common], point, log_path)
+        row = _done(point)
+        if row:
+            say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer}: {row['size_mb']:.3f} MB,"
+                f" WER {', '.join(f'{s} {100 * w:.1f}%' for s, w in row['wer'].items())}")
+        else:
+            say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer} FAILED (exit {code});"
+                f" see {point / RESULT_FILE} and {log_path}")
+
+    say("stage 4/4: frontier and RESULTS.md")
+    paths = write_frontier(out)
+    command = "make reproduce" + (f" DATASET={args.dataset}" if args.dataset != "embedded_mini"
+                                  else "")
+    write_results_section(args.results_md, args.dataset, out, command)
+    say(f"done: {paths['md']}, {paths['png']}; section written to {args.results_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
