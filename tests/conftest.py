@@ -14,8 +14,10 @@ import torch
 
 from lowbit_asr.data.corpus import CorpusManifest, generate_corpus
 
-# pytest-xdist runs two workers on two cores: more torch threads only oversubscribe them.
+# pytest-xdist runs two workers on two cores: more torch threads only oversubscribe them (tiny
+# ops then wait milliseconds for a descheduled OpenMP thread). Subprocesses inherit the variable.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 ENGINES = ("espeak-ng", "flite", "festival")
 R_DATA = Path("/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx")

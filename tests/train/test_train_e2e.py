@@ -35,6 +35,7 @@ def test_train_checkpoint_and_evaluate(tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
     _run(["train", *_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL,
           "logger=default", "trainer.max_steps=3", "trainer.val_check_interval=3",
+          "trainer.log_every_n_steps=1",
           "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
           "quantizer=int2_asym_g16", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
 
