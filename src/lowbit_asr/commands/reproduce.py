@@ -25,7 +25,7 @@ from lowbit_asr.train.results import RESULT_FILE, git_commit
 
 DEFAULT_GRID = (
     "int8_asym", "int4_sym", "int4_asym", "int2_sym", "int2_asym", "int2_asym_g16",
-    "int2_asym_g64", "int2_asym_clipsearch", "mixed_int2_ffn_attn_int4_rest",
+    "int2_asym_sc4", "int2_asym_clipsearch", "mixed_int2_ffn_attn_int4_rest",
     "mixed_int2_encoder_int8_rest",
 )
 MARK = "<!-- reproduce:{dataset} -->"
