@@ -60,7 +60,7 @@ def test_experiment_is_a_delta_over_defaults(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (["optim.lr=-1"], "optim.lr"),
-    (["+optim.lr_max=1"], "optim: unknown key"),
+    (["+optim.lr_max=1"], "optim: unknown field"),
     (["model.encoder.num_heads=7"], "encoder.d_model"),
     (["+model.encoder.width=7"], "width"),
     (["trainer.precision=64"], "trainer.precision"),

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -70,21 +70,9 @@ from lowbit_asr.data.tokenizer import (
     normalise_text,
 )
 from lowbit_asr.model.config import BLANK_ID
+from lowbit_asr.schema import coerce
 
 log = logging.getLogger(__name__)
-
-
-def _coerce(value: Any, cls: type, name: str) -> Any:
-    """A mapping (dict or OmegaConf DictConfig) becomes ``cls``; an instance stays as it is."""
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"{name}: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**{str(k): v for k, v in value.items()})
-    raise TypeError(f"{name} must be a {cls.__name__} or a mapping, got {type(value).__name__}")
 
 
 def _split_list(value: Any, name: str, allow_empty: bool) -> list[str]:
@@ -151,8 +139,8 @@ class DatasetConfig:
         if not isinstance(self.dev_split, str) or not self.dev_split:
             raise ValueError(f"dev_split must be a split name, got {self.dev_split!r}")
         self.test_splits = _split_list(self.test_splits, "test_splits", allow_empty=True)
-        self.tokenizer = _coerce(self.tokenizer, TokenizerConfig, "tokenizer")
-        self.specaugment = _coerce(self.specaugment, SpecAugmentConfig, "specaugment")
+        self.tokenizer = coerce(self.tokenizer, TokenizerConfig, "tokenizer")
+        self.specaugment = coerce(self.specaugment, SpecAugmentConfig, "specaugment")
         _positive(self.max_batch_seconds, "max_batch_seconds", integer=False, minimum=1e-9)
         _positive(self.max_utterance_seconds, "max_utterance_seconds", integer=False, minimum=1e-9)
         if self.max_utterance_seconds > self.max_batch_seconds:
@@ -261,7 +249,7 @@ class AsrDataModule(L.LightningDataModule):
     ) -> None:
         """``tokenizer``/``stats``: restored ones (e.g. from a checkpoint) instead of built ones."""
         super().__init__()
-        self.cfg: DatasetConfig = _coerce(cfg, DatasetConfig, "dataset")
+        self.cfg: DatasetConfig = coerce(cfg, DatasetConfig, "dataset")
         self._tokenizer = tokenizer
         self._stats = stats
         self._manifests: dict[str, SplitManifest] = {}

@@ -14,9 +14,9 @@ The vocabulary size is not part of the config: it comes from the tokenizer at ru
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+
+from lowbit_asr.schema import coerce
 
 BLANK_ID = 0
 """Blank token id of the transducer; also the predictor's start-of-sequence input."""
@@ -151,19 +151,6 @@ class DecodingConfig:
             raise ValueError(f"{p}.rescore must be true or false, got {self.rescore!r}")
 
 
-def _coerce(value: Any, cls: type, name: str) -> Any:
-    """Turn a mapping (dict or OmegaConf ``DictConfig``) into ``cls``; leave ``cls`` as is."""
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"{name}: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**{str(k): v for k, v in value.items()})
-    raise TypeError(f"{name} must be a {cls.__name__} or a mapping, got {type(value).__name__}")
-
-
 @dataclass
 class ModelConfig:
     """Conformer RNN-T: encoder, predictor, joiner, optional CTC head, loss and search knobs."""
@@ -184,10 +171,10 @@ class ModelConfig:
     """Search settings used by ``RNNT.decode``."""
 
     def __post_init__(self) -> None:
-        self.encoder = _coerce(self.encoder, EncoderConfig, "encoder")
-        self.predictor = _coerce(self.predictor, PredictorConfig, "predictor")
-        self.joiner = _coerce(self.joiner, JoinerConfig, "joiner")
-        self.decoding = _coerce(self.decoding, DecodingConfig, "decoding")
+        self.encoder = coerce(self.encoder, EncoderConfig, "encoder")
+        self.predictor = coerce(self.predictor, PredictorConfig, "predictor")
+        self.joiner = coerce(self.joiner, JoinerConfig, "joiner")
+        self.decoding = coerce(self.decoding, DecodingConfig, "decoding")
         if not isinstance(self.ctc_weight, int | float) or self.ctc_weight < 0:
             raise ValueError(f"ctc_weight must be a number >= 0, got {self.ctc_weight!r}")
         if self.rnnt_loss_impl not in RNNT_LOSS_IMPLS:

@@ -18,6 +18,7 @@ from lowbit_asr.data.datamodule import DatasetConfig
 from lowbit_asr.model.config import ModelConfig
 from lowbit_asr.model.rnnt import build_model
 from lowbit_asr.quant import QuantPolicy
+from lowbit_asr.schema import coerce
 from lowbit_asr.train.optim import OptimConfig
 
 INIT_MODES = ("scratch", "float_ckpt")
@@ -25,15 +26,12 @@ INIT_MODES = ("scratch", "float_ckpt")
 
 def _build(cls: type, data: Mapping[str, Any] | None, key: str) -> Any:
     """``cls(**data)`` with unknown keys and validation errors reported under ``key``."""
-    data = dict(data or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(known)}")
     try:
-        return cls(**data)
-    except (TypeError, ValueError) as err:
+        return coerce(dict(data or {}), cls, key)
+    except TypeError as err:
         raise ValueError(f"{key}: {err}") from err
+    except ValueError as err:
+        raise ValueError(str(err) if str(err).startswith(key) else f"{key}: {err}") from err
 
 
 @dataclass
