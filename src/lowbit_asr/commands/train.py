@@ -26,7 +26,7 @@ from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.train.checkpoint import data_state, init_from_float, read_checkpoint
 from lowbit_asr.train.config import TrainConfig, validate
 from lowbit_asr.train.module import RNNTModule
-from lowbit_asr.train.results import RESULT_FILE, failed_row, result_row
+from lowbit_asr.train.results import RESULT_FILE, failed_row, git_commit, result_row
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 log = logging.getLogger("lowbit_asr.train")
@@ -58,6 +58,7 @@ def command_line() -> str:
 def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train, then evaluate every test split; returns the result row."""
     cfg = validate(plain)  # fails here, before any data is read, on a wrong key or value
+    commit = git_commit()  # now: the checkout may change while a long run trains
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.seed, workers=True)
@@ -104,7 +105,7 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     row = result_row(
         run_id=run_dir.name, experiment=cfg.experiment_name, model=module.model,
         policy=module.policy, wer=wer, train_seconds=train_seconds, steps=trainer.global_step,
-        command=command_line(),
+        command=command_line(), commit=commit,
         extra={"best_checkpoint": best, "rtf": {s: float(metrics[f"test/{s}/rtf"])
                                                 for s in data.test_split_names}},
     )

@@ -61,10 +61,10 @@ def git_commit() -> str:
 
 def result_row(
     *, run_id: str, experiment: str, model: nn.Module, policy: QuantPolicy,
-    wer: dict[str, float], train_seconds: float, steps: int, command: str,
+    wer: dict[str, float], train_seconds: float, steps: int, command: str, commit: str,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The row a finished run writes (``status: ok``)."""
+    """The row a finished run writes (``status: ok``); ``commit`` as read when it started."""
     size = size_report(model, policy).summary()
     return {
         "status": "ok",
@@ -79,7 +79,7 @@ def result_row(
         "wer": wer,
         "train_seconds": train_seconds,
         "steps": steps,
-        "commit": git_commit(),
+        "commit": commit,
         "command": command,
         **(extra or {}),
     }
