@@ -31,7 +31,8 @@ debs: ## Install the Debian packages (TTS voices, Austen texts) when root; else 
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
 	  echo "installing Debian packages: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; \
 	else \
 	  echo "lowbit-asr needs these Debian packages; run as root:"; \
 	  echo "  sudo apt-get install -y $$missing"; exit 1; \
