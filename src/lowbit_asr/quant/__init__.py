@@ -13,6 +13,7 @@ from lowbit_asr.quant.fake_quant import (
     fake_quantize,
     quantize,
 )
+from lowbit_asr.quant.packing import pack_codes, packed_nbytes, unpack_codes
 from lowbit_asr.quant.policy import PlannedTensor, PolicyRule, QuantPolicy
 from lowbit_asr.quant.prepare import (
     FakeQuantize,
@@ -42,8 +43,11 @@ __all__ = [
     "fake_quantize",
     "is_fake_quant_enabled",
     "load_float_state_dict",
+    "pack_codes",
+    "packed_nbytes",
     "prepare",
     "quantize",
     "set_fake_quant_enabled",
     "size_report",
+    "unpack_codes",
 ]
