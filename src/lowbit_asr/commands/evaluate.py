@@ -13,7 +13,6 @@ prints a table.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
 from lowbit_asr.train.checkpoint import read_checkpoint, restore
-from lowbit_asr.train.module import FRAME_SHIFT_SECONDS, RNNTModule, word_errors
+from lowbit_asr.train.module import RNNTModule
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
@@ -35,12 +34,9 @@ def evaluate_split(module: RNNTModule, loader: Any) -> dict[str, float]:
     errors = words = utterances = 0
     audio = decode = 0.0
     for batch in loader:
-        start = time.perf_counter()
-        hyps = module.transcribe(batch)
-        decode += time.perf_counter() - start
-        audio += float(batch["feat_lens"].sum()) * FRAME_SHIFT_SECONDS
-        e, w = word_errors(batch["texts"], hyps)
-        errors, words, utterances = errors + e, words + w, utterances + len(hyps)
+        e, w, d, a = module.score_batch(batch)
+        errors, words, decode, audio = errors + e, words + w, decode + d, audio + a
+        utterances += len(batch["texts"])
     return {"wer": errors / max(words, 1), "errors": errors, "words": words,
             "utterances": utterances, "audio_seconds": audio, "decode_seconds": decode,
             "rtf": decode / max(audio, 1e-9)}

@@ -175,14 +175,14 @@ def write_frontier(sweep_dir: str | Path, out_dir: str | Path | None = None) -> 
     paths = {"csv": out / "frontier.csv", "md": out / "frontier.md", "png": out / "frontier.png"}
     columns = list(flat[0]) if flat else ["run_id"]
     with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*columns, "status", "error"])
+        writer = csv.DictWriter(f, fieldnames=[*columns, "status", "error"],
+                                extrasaction="ignore")
         writer.writeheader()
         for item in flat:
             writer.writerow({**item, "status": "ok", "error": ""})
         for r in failed:
-            writer.writerow({"run_id": r.get("run_id"), "status": "failed",
-                             "error": r.get("error", "")} | {k: r.get(k) for k in ("quantizer",)
-                                                            if "quantizer" in columns})
+            writer.writerow({"run_id": r.get("run_id"), "quantizer": r.get("quantizer"),
+                             "status": "failed", "error": r.get("error", "")})
     paths["md"].write_text(to_markdown(flat, splits, failed) + "\n")
     plot(flat, splits, paths["png"])
     return paths

@@ -117,12 +117,19 @@ class RNNTModule(L.LightningModule):
         ids = self.model.decode(batch["feats"], batch["feat_lens"])  # caches quantized weights
         return [self.tokenizer.decode(seq) for seq in ids]
 
-    def _evaluate(self, batch: dict[str, Any], key: str) -> None:
+    def score_batch(self, batch: dict[str, Any]) -> tuple[int, int, float, float]:
+        """Decode a batch: (word errors, reference words, decode seconds, audio seconds)."""
         start = time.perf_counter()
         hyps = self.transcribe(batch)
-        self._decode_seconds[key] += time.perf_counter() - start
-        self._audio_seconds[key] += float(batch["feat_lens"].sum()) * FRAME_SHIFT_SECONDS
+        decode_seconds = time.perf_counter() - start
         errors, words = word_errors(batch["texts"], hyps)
+        audio_seconds = float(batch["feat_lens"].sum()) * FRAME_SHIFT_SECONDS
+        return errors, words, decode_seconds, audio_seconds
+
+    def _evaluate(self, batch: dict[str, Any], key: str) -> None:
+        errors, words, decode_seconds, audio_seconds = self.score_batch(batch)
+        self._decode_seconds[key] += decode_seconds
+        self._audio_seconds[key] += audio_seconds
         self._counts[key][0] += errors
         self._counts[key][1] += words
 
