@@ -9,6 +9,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "size": ("lowbit_asr.commands.size", "per-tensor size table of a model under a quantizer"),
     "train": ("lowbit_asr.commands.train", "train a Conformer RNN-T (float or QAT) with Hydra"),
     "evaluate": ("lowbit_asr.commands.evaluate", "WER and real-time factor of a checkpoint"),
+    "export": ("lowbit_asr.commands.export", "pack a checkpoint into its low-bit file (.lbq)"),
     "frontier": ("lowbit_asr.commands.frontier", "size-vs-WER Pareto front of a sweep directory"),
     "reproduce": ("lowbit_asr.commands.reproduce", "data -> float -> QAT grid -> frontier"),
     "corpus": ("lowbit_asr.data.corpus", "generate the embedded TTS corpus (LibriSpeech layout)"),

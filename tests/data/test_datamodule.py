@@ -79,6 +79,8 @@ def dm(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> AsrDataModule:
         ({"precompute_features": "yes"}, "precompute_features"),
         ({"stats_utterances": 0}, "stats_utterances"),
         ({"seed": -1}, "seed"),
+        ({"normalisation": "speaker"}, "normalisation"),
+        ({"curriculum_epochs": -1}, "curriculum_epochs"),
         ({"tokenizer": {"units": "word"}}, "tokenizer.units"),
         ({"tokenizer": {"vocab_sise": 3}}, "tokenizer: unknown field"),
         ({"specaugment": {"time_masks": -1}}, "specaugment.time_masks"),
@@ -148,6 +150,26 @@ def test_shuffle_is_seeded_per_epoch_and_count_is_constant() -> None:
     assert [dur[i] for i in batches[0]] == sorted(dur)[: len(batches[0])]
     plain.set_epoch(5)
     assert list(plain) == batches
+
+
+def test_sorted_epochs_go_short_to_long_then_shuffle() -> None:
+    dur = durations()
+    sampler = BucketingBatchSampler(dur, 40.0, num_buckets=8, seed=1, sorted_epochs=2)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        longest = [max(dur[i] for i in b) for b in batches]
+        assert longest == sorted(longest)  # a curriculum: short batches first
+        assert sorted(i for b in batches for i in b) == list(range(len(dur)))
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # still reshuffled inside the buckets
+    sampler.set_epoch(2)
+    longest = [max(dur[i] for i in b) for b in sampler]
+    assert longest != sorted(longest)  # then the usual shuffled order
+    unsorted = BucketingBatchSampler(dur, 40.0, num_buckets=8, seed=1)
+    assert list(sampler) == list(unsorted.global_batches(2))
 
 
 def test_long_utterance_gets_its_own_batch() -> None:
@@ -236,6 +258,26 @@ def test_features_are_normalised_on_train(dm: AsrDataModule) -> None:
     # Statistics from every train utterance (24 < stats_utterances): exact up to float32.
     assert frames.mean(0).abs().max() < 1e-3
     assert (frames.std(0, unbiased=False) - 1).abs().max() < 1e-3
+
+
+def test_utterance_normalisation_follows_the_checkpoint(
+    dm: AsrDataModule, corpus: Path, tmp_path: Path
+) -> None:
+    per_utt = AsrDataModule(make_cfg(corpus, tmp_path, normalisation="utterance"))
+    per_utt.setup("fit")
+    assert per_utt.stats.normalisation == "utterance"
+    torch.testing.assert_close(per_utt.stats.std, dm.stats.std)  # the same statistics
+    batch = next(iter(per_utt.val_dataloader()))
+    for i in range(len(batch["ids"])):
+        frames = batch["feats"][i, : batch["feat_lens"][i]]  # (T, 80)
+        assert frames.mean(0).abs().max() < 1e-4  # each utterance's own mean removed
+    # The choice travels with the statistics: a module rebuilt from the state (as evaluate
+    # does) normalises the same way whatever its own config says.
+    fresh = AsrDataModule(make_cfg(tmp_path / "nowhere", tmp_path))
+    fresh.load_state_dict(per_utt.state_dict())
+    again = next(iter(fresh.eval_dataloader(corpus, "dev")))
+    assert again["ids"] == batch["ids"]
+    torch.testing.assert_close(again["feats"], batch["feats"])
 
 
 def test_spec_augment_only_when_training(dm: AsrDataModule) -> None:

@@ -85,6 +85,13 @@ def test_stats_normalise_train_to_zero_mean_unit_variance(train: list[Utterance]
     restored = FeatureStats.from_dict(stats.to_dict())
     torch.testing.assert_close(restored.mean, stats.mean)
     torch.testing.assert_close(restored.std, stats.std)
+    assert restored.normalisation == "global"
+    per_utt = FeatureStats.from_dict(stats.with_normalisation("utterance").to_dict())
+    one = source(train[0])  # (T, 80)
+    expected = (one - one.mean(0)) / stats.std
+    torch.testing.assert_close(per_utt.normalise(one), expected)
+    with pytest.raises(ValueError, match="normalisation"):
+        stats.with_normalisation("speaker")
 
 
 def test_stats_subsample_is_even_and_bounded(train: list[Utterance]) -> None:

@@ -4,10 +4,11 @@
     lowbit-asr evaluate checkpoint=best.ckpt dataset=librispeech dataset.root=/data/LibriSpeech \
         splits=[dev-clean,dev-other,test-clean,test-other]
     lowbit-asr evaluate checkpoint=best.ckpt dataset.root=/any/folder splits=[my-split]
+    lowbit-asr evaluate checkpoint=model.lbq            # a packed file (lowbit-asr export)
 
-The checkpoint carries the model config, quantizer policy, tokenizer and feature statistics, so
-only the audio comes from ``dataset``. Writes JSON (``out``, default beside the checkpoint) and
-prints a table.
+The checkpoint (or packed file, recognised by its first bytes) carries the model config,
+quantizer policy, tokenizer and feature statistics, so only the audio comes from ``dataset``.
+Writes JSON (``out``, default beside the checkpoint) and prints a table.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
-from lowbit_asr.train.checkpoint import read_checkpoint, restore
+from lowbit_asr.packed import load_for_evaluation
 from lowbit_asr.train.module import RNNTModule
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
@@ -44,10 +45,10 @@ def evaluate_split(module: RNNTModule, loader: Any) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate a checkpoint on every requested split."""
+    """Evaluate a checkpoint or packed file on every requested split."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    module, tokenizer, stats = restore(read_checkpoint(cfg.checkpoint))
+    module, tokenizer, stats, quantizer = load_for_evaluation(cfg.checkpoint)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.decoding).items() if v is not None}
     module.model.cfg.decoding = replace(module.model.cfg.decoding, **overrides)
     dataset = DatasetConfig(**OmegaConf.to_container(cfg.dataset, resolve=True))
@@ -55,7 +56,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     splits = list(cfg.splits) if cfg.splits else list(dataset.test_splits)
     results: dict[str, Any] = {
         "checkpoint": str(cfg.checkpoint), "root": str(dataset.root),
-        "decoding": asdict(module.model.cfg.decoding), "quantizer": module.policy.name or "none",
+        "decoding": asdict(module.model.cfg.decoding), "quantizer": quantizer,
         "splits": {},
     }
     for split in splits:

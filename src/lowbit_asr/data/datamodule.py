@@ -45,6 +45,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from lowbit_asr.data.features import (
+    NORMALISATIONS,
     FeatureSource,
     FeatureStats,
     SpecAugment,
@@ -128,6 +129,14 @@ class DatasetConfig:
     """Train utterances (evenly spaced) the normalisation statistics are computed on."""
     seed: int = 0
     """Seed of the batch shuffle and of SpecAugment (with the epoch)."""
+    normalisation: str = "global"
+    """``global``: subtract the train mean per bin; ``utterance``: each utterance's own mean
+    (removes a voice's level and spectral tilt); both divide by the train std. Stored with the
+    statistics in checkpoints, so evaluation follows the training choice."""
+    curriculum_epochs: int = 0
+    """Epochs at the start of training whose batches go from the shortest utterances to the
+    longest (SortaGrad, Amodei et al. 2016; batches still shuffled inside each bucket); 0 =
+    every epoch in shuffled order."""
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     """Training-time masking."""
 
@@ -165,6 +174,11 @@ class DatasetConfig:
             )
         _positive(self.stats_utterances, "stats_utterances", integer=True)
         _positive(self.seed, "seed", integer=True, minimum=0)
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}"
+            )
+        _positive(self.curriculum_epochs, "curriculum_epochs", integer=True, minimum=0)
 
 
 class Batch(TypedDict):
@@ -349,7 +363,7 @@ class AsrDataModule(L.LightningDataModule):
         if self._stats is None:
             self._stats = load_or_compute_stats(
                 self.train_utterances(), self.features, self.cache_root, self.cfg.stats_utterances
-            )
+            ).with_normalisation(self.cfg.normalisation)
 
     @property
     def features(self) -> FeatureSource:
@@ -426,6 +440,7 @@ class AsrDataModule(L.LightningDataModule):
             num_buckets=self.cfg.num_buckets,
             shuffle=shuffle,
             seed=self.cfg.seed,
+            sorted_epochs=self.cfg.curriculum_epochs if shuffle else 0,
             rank=rank,
             world_size=world_size,
         )

@@ -220,18 +220,41 @@ def precompute_features(
 # ------------------------------------------------------------------------ normalisation
 
 
+NORMALISATIONS = ("global", "utterance")
+"""``global``: subtract the train mean; ``utterance``: subtract each utterance's own mean (per
+bin, over its frames: cepstral mean normalisation, which removes a voice's or a channel's fixed
+spectral tilt and level). Both divide by the train standard deviation."""
+
+
 @dataclass
 class FeatureStats:
-    """Per-bin mean and standard deviation of the train log-mel frames."""
+    """Per-bin mean and standard deviation of the train log-mel frames, and how to apply them."""
 
     mean: Tensor  #: (80,) float32
     std: Tensor  #: (80,) float32, at least STD_FLOOR
     utterances: int  #: utterances the statistics were computed on
     frames: int  #: frames the statistics were computed on
+    normalisation: str = "global"
+    """One of :data:`NORMALISATIONS`; stored with the statistics (and so in checkpoints), so
+    that evaluation normalises as training did."""
+
+    def __post_init__(self) -> None:
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}"
+            )
 
     def normalise(self, feats: Tensor) -> Tensor:
-        """``(feats - mean) / std`` over the last dimension (any leading shape)."""
+        """Normalise one utterance ``(frames, 80)`` (or any ``(..., frames, 80)`` of whole
+        utterances): ``(feats - mean) / std``, the mean being the train one (``global``) or
+        the utterance's own (``utterance``)."""
+        if self.normalisation == "utterance" and feats.shape[-2] > 0:
+            return (feats - feats.mean(dim=-2, keepdim=True)) / self.std
         return (feats - self.mean) / self.std
+
+    def with_normalisation(self, normalisation: str) -> FeatureStats:
+        """The same statistics applied the ``normalisation`` way."""
+        return FeatureStats(self.mean, self.std, self.utterances, self.frames, normalisation)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (also what checkpoints store)."""
@@ -241,6 +264,7 @@ class FeatureStats:
             "std": self.std.tolist(),
             "utterances": self.utterances,
             "frames": self.frames,
+            "normalisation": self.normalisation,
         }
 
     @classmethod
@@ -255,6 +279,7 @@ class FeatureStats:
             std=torch.tensor(state["std"], dtype=torch.float32),
             utterances=int(state["utterances"]),
             frames=int(state["frames"]),
+            normalisation=str(state.get("normalisation", "global")),
         )
 
 

@@ -8,7 +8,9 @@ while they fit (judged by the longer bucket's longest utterance). When shuffling
 reshuffles the utterances inside each bucket and the order of all batches, from a generator
 seeded by ``(seed, epoch)``. Batch sizes depend on the buckets only, so the number of batches is
 the same in every epoch (Lightning reads it once, and an epoch that yielded more would be cut
-short silently). An utterance longer than ``max_batch_seconds`` gets a batch of its own.
+short silently). The first ``sorted_epochs`` epochs order the batches by their longest
+utterance, shortest first (a curriculum), still shuffling the utterances inside each bucket.
+An utterance longer than ``max_batch_seconds`` gets a batch of its own.
 
 DDP: every rank builds the same global list and takes every ``world_size``-th batch from its
 rank on. To give every rank the same number of batches without repeating or dropping an
@@ -44,9 +46,11 @@ class BucketingBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        sorted_epochs: int = 0,
     ) -> None:
         """``durations``: seconds per utterance (the dataset's order). ``rank``/``world_size``:
-        this process's shard (0/1 without DDP)."""
+        this process's shard (0/1 without DDP). ``sorted_epochs``: leading epochs whose batches
+        go from short to long."""
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
         if num_buckets < 1:
@@ -60,6 +64,7 @@ class BucketingBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.sorted_epochs = sorted_epochs
         self.epoch = 0
         # Stable sort: ties keep the dataset's (id) order, so the buckets are reproducible.
         order = np.argsort(self.durations, kind="stable")
@@ -93,7 +98,9 @@ class BucketingBatchSampler(Sampler[list[int]]):
             carry += rest
         if carry:
             batches.append(carry)
-        if self.shuffle:
+        if self.shuffle and epoch < self.sorted_epochs:
+            batches.sort(key=lambda b: float(self.durations[b].max()))  # stable: ties keep order
+        elif self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return self._divisible(batches)
 

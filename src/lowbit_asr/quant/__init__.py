@@ -5,8 +5,16 @@ Imports nothing from the ASR side. Typical use::
     policy = QuantPolicy.from_config({"default": {"bits": 2, "symmetric": False, "group_size": 16}})
     prepare(model, policy)                 # fake-quant on every matched weight
     print(size_report(model, policy).to_markdown())
+    write_packed("model.lbq", model, policy)  # b-bit codes + scales, safetensors, no pickle
 """
 
+from lowbit_asr.quant.container import (
+    PackedFile,
+    PackedTensor,
+    is_packed_file,
+    read_packed,
+    write_packed,
+)
 from lowbit_asr.quant.fake_quant import (
     QuantizedWeight,
     dequantize,
@@ -30,6 +38,8 @@ from lowbit_asr.quant.spec import ClipSearch, QuantSpec
 __all__ = [
     "ClipSearch",
     "FakeQuantize",
+    "PackedFile",
+    "PackedTensor",
     "PlannedTensor",
     "PolicyRule",
     "QuantPolicy",
@@ -42,12 +52,15 @@ __all__ = [
     "fake_quant_modules",
     "fake_quantize",
     "is_fake_quant_enabled",
+    "is_packed_file",
     "load_float_state_dict",
     "pack_codes",
     "packed_nbytes",
     "prepare",
     "quantize",
+    "read_packed",
     "set_fake_quant_enabled",
     "size_report",
     "unpack_codes",
+    "write_packed",
 ]

@@ -96,48 +96,55 @@ def _dequantize_groups(codes: Tensor, scale: Tensor, offset: Tensor | None) -> T
     return out if offset is None else out.add_(offset)
 
 
-def _fake_quant_groups(w: Tensor, spec: QuantSpec, clip: float | Tensor) -> Tensor:
-    """Quantize-dequantize of float32 groups ``w`` (O, G, g); allocates one tensor of w's size."""
+def _fake_quant_groups(
+    w: Tensor, spec: QuantSpec, clip: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Quantize-dequantize of float32 groups ``w`` (O, G, g); allocates one tensor of w's size.
+
+    Returns Ŵ (O, G, g) and the stored grid it used: scale and offset (O, G, 1) or ``None``.
+    """
     scale, offset = _grid(w, spec, clip)
     x = _codes(w, scale, offset, spec)
     x.mul_(scale)
-    return x if offset is None else x.add_(offset)
+    return (x if offset is None else x.add_(offset)), scale, offset
 
 
-def _search_clip(w: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
-    """Try every clip candidate; return the best (O, G, g) dequantized groups and the clip used.
+def _search_clip(w: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Try every clip candidate; return the best (O, G, g) dequantized groups and their grid.
 
     The L1 error sum |W - Ŵ| is compared per tensor or per output channel. On ties the larger
-    coefficient (earlier candidate) wins. Returns (Ŵ groups, clip as (O, 1, 1) tensor).
+    coefficient (earlier candidate) wins. Returns (Ŵ groups, scale, offset or ``None``), the
+    grid being the chosen candidate's own (O, G, 1) values: :func:`quantize` codes with it
+    rather than recomputing it from the coefficient, which as a float32 tensor can round the
+    scale one ulp away from the Python-float path and move a code.
     """
     search = spec.clip_search
     assert search is not None
-    out_channels = w.shape[0]
-    best_hat: Tensor | None = None
+    best: tuple[Tensor, Tensor, Tensor | None] | None = None
     best_err = torch.empty(0)
-    best_clip = torch.ones(out_channels, 1, 1, dtype=w.dtype, device=w.device)
     for c in search.candidates():
-        w_hat = _fake_quant_groups(w, spec, c)
+        w_hat, scale, offset = _fake_quant_groups(w, spec, c)
         err_groups = (w - w_hat).abs_()
         if search.per_channel:
             err = err_groups.sum(dim=(1, 2))  # (O,)
         else:
             err = err_groups.sum().reshape(1)  # (1,)
-        if best_hat is None:
-            best_hat, best_err = w_hat, err
-            best_clip.fill_(c)
+        if best is None:
+            best, best_err = (w_hat, scale, offset), err
             continue
         better = err < best_err  # (O,) or (1,)
         if search.per_channel:
             sel = better.view(-1, 1, 1)
-            best_hat = torch.where(sel, w_hat, best_hat)
-            best_clip = torch.where(sel, torch.full_like(best_clip, c), best_clip)
+            best = (
+                torch.where(sel, w_hat, best[0]),
+                torch.where(sel, scale, best[1]),
+                None if offset is None or best[2] is None else torch.where(sel, offset, best[2]),
+            )
             best_err = torch.where(better, err, best_err)
         elif bool(better):
-            best_hat, best_err = w_hat, err
-            best_clip.fill_(c)
-    assert best_hat is not None
-    return best_hat, best_clip
+            best, best_err = (w_hat, scale, offset), err
+    assert best is not None
+    return best
 
 
 def resolve_group_size(weight: Tensor, spec: QuantSpec, name: str = "weight") -> int:
@@ -158,10 +165,10 @@ def quantize(
     """
     g = resolve_group_size(weight, spec, name) if group_size is None else group_size
     w = grouped_view(weight.detach().to(torch.float32), g)  # (O, G, g)
-    clip: float | Tensor = float(spec.clip)
     if spec.clip_search is not None:
-        _, clip = _search_clip(w, spec)
-    scale, offset = _grid(w, spec, clip)
+        _, scale, offset = _search_clip(w, spec)
+    else:
+        scale, offset = _grid(w, spec, float(spec.clip))
     codes = _codes(w, scale, offset, spec).to(torch.int8)
     dtype = spec.torch_scale_dtype
     return QuantizedWeight(
@@ -192,9 +199,9 @@ class _FakeQuantSTE(torch.autograd.Function):
     def forward(ctx, weight: Tensor, spec: QuantSpec, group_size: int) -> Tensor:  # type: ignore[override]
         w = grouped_view(weight.to(torch.float32), group_size)  # (O, G, g); a view if float32
         if spec.clip_search is not None:
-            w_hat, _ = _search_clip(w, spec)
+            w_hat, _, _ = _search_clip(w, spec)
         else:
-            w_hat = _fake_quant_groups(w, spec, float(spec.clip))
+            w_hat, _, _ = _fake_quant_groups(w, spec, float(spec.clip))
         return w_hat.reshape(weight.shape).to(weight.dtype)
 
     @staticmethod

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The one prepared script for a lent GPU machine (a bare image with PyTorch, no network):
+#   1. the CUDA-only test (parametrized LSTM weights under cuDNN),
+#   2. training throughput of conformer_tiny/s/m/l, fp32 and bf16, float and int2 QAT,
+#   3. a Lightning smoke run of `lowbit-asr train` on the GPU in bf16-mixed (float, then int2
+#      QAT initialised from it) and `lowbit-asr evaluate` of both, on the tiny corpus.
+# Needs: the wheels the image lacks in .whl/ (hydra-core, omegaconf, antlr4, jiwer, rapidfuzz,
+# soundfile) and a generated tiny corpus in data/embedded-tiny. Writes logs under $OUT (or ./gpu).
+set -uo pipefail
+OUT=${OUT:-gpu}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src" PYTHONUNBUFFERED=1 WANDB_MODE=offline
+log() { echo; echo "=== $* ($(date +%T))"; }
+
+log environment
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, torchaudio, lightning; print('torch', torch.__version__, 'torchaudio',
+torchaudio.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
+
+log "CUDA test"
+python3 -m pytest tests/model/test_rnnt.py -m gpu -q -p no:cacheprovider 2>&1 | tail -n 5
+
+log "throughput: LibriSpeech-like batches (sentencepiece 1024, 15 s utterances, 600 s per batch)"
+for precision in fp32 bf16; do
+  python3 benchmarks/train_throughput.py --model conformer_tiny conformer_s conformer_m \
+    conformer_l --device cuda --precision "$precision" --units sentencepiece --vocab 1024 \
+    --utt-seconds 15 --batch-seconds 600 --steps 5 --warmup 2 2>&1 | tail -n 7
+done
+log "throughput: int2 asym g16 QAT, bf16"
+python3 benchmarks/train_throughput.py --model conformer_s conformer_l --device cuda \
+  --precision bf16 --units sentencepiece --vocab 1024 --utt-seconds 15 --batch-seconds 600 \
+  --steps 5 --warmup 2 --quantizer int2_asym_g16 2>&1 | tail -n 4
+
+log "lowbit-asr train on the GPU, bf16-mixed, tiny corpus (float)"
+TINY="dataset=embedded_tiny dataset.root=$PWD/data/embedded-tiny trainer=gpu logger=csv"
+time python3 -m lowbit_asr.commands.train $TINY trainer.max_steps=200 \
+  trainer.val_check_interval=100 trainer.enable_progress_bar=false \
+  hydra.run.dir="$OUT/float" 2>&1 | grep -v Warning | tail -n 25
+log "lowbit-asr train on the GPU: int2 QAT from the float checkpoint"
+time python3 -m lowbit_asr.commands.train $TINY trainer.max_steps=60 \
+  trainer.val_check_interval=30 trainer.enable_progress_bar=false quantizer=int2_asym_g16 \
+  init.mode=float_ckpt init.checkpoint="$OUT/float/checkpoints/last.ckpt" \
+  hydra.run.dir="$OUT/int2" 2>&1 | grep -v Warning | tail -n 25
+rm -f "$OUT"/*/checkpoints/*.ckpt  # too large to bring back; the logs and results stay

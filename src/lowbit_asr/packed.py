@@ -1,0 +1,168 @@
+"""Packed low-bit export of a trained model, and loading it back for evaluation and decoding.
+
+    report = export_packed("runs/.../checkpoints/best.ckpt", "model.lbq")
+    model, tokenizer, stats, metadata = load_packed("model.lbq")   # eval-mode RNNT, plain weights
+
+The file is :mod:`lowbit_asr.quant.container`'s (safetensors + JSON, no pickle): the model's
+quantized weights as b-bit codes with their scales, its other tensors as floats, so that its
+size is the accounted size plus a header of ~20 KB. The header also carries what a checkpoint
+carries besides weights — the training hyper-parameters (model config, tokenizer state, quantizer
+policy) and the feature statistics — so a packed file is all a user needs to transcribe.
+Loading dequantizes every weight with the function fake quantization uses: the weights, the
+outputs and the WER equal the fake-quant checkpoint's exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+
+from lowbit_asr.data.features import FeatureStats
+from lowbit_asr.data.tokenizer import Tokenizer
+from lowbit_asr.model.rnnt import RNNT, build_model
+from lowbit_asr.quant import load_float_state_dict, size_report
+from lowbit_asr.quant.container import PackedFile, is_packed_file, read_packed, write_packed
+from lowbit_asr.train.checkpoint import read_checkpoint, restore
+from lowbit_asr.train.module import RNNTModule
+
+SUFFIX = ".lbq"
+"""Conventional file suffix; files are recognised by their first bytes whatever their name."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_packed` wrote, against the accounted size."""
+
+    out: Path
+    quantizer: str
+    tensors: int
+    quantized_tensors: int
+    file_bytes: int
+    accounted_bytes: int
+    """``size_report(model, policy).total_bytes``: the frontier's x-axis."""
+    header_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        """File bytes / accounted bytes (>= 1; the header and per-tensor byte rounding)."""
+        return self.file_bytes / self.accounted_bytes
+
+    def to_markdown(self) -> str:
+        """One-row markdown table."""
+        return (
+            "| packed file | quantizer | tensors (quantized) | file bytes | accounted bytes |"
+            " file / accounted | header bytes |\n|---|---|---:|---:|---:|---:|---:|\n"
+            f"| {self.out} | {self.quantizer} | {self.tensors} ({self.quantized_tensors}) |"
+            f" {self.file_bytes:,} | {self.accounted_bytes:,} | {self.ratio:.4f} |"
+            f" {self.header_bytes:,} |"
+        )
+
+
+class LoadedPacked(NamedTuple):
+    """What :func:`load_packed` returns."""
+
+    model: RNNT
+    """Eval-mode model with plain (dequantized) weights: no parametrization."""
+    tokenizer: Tokenizer
+    stats: FeatureStats
+    metadata: PackedFile
+    """The file's table, quantizer policy and ``extra`` (hyper-parameters, feature stats)."""
+
+
+def export_packed(checkpoint_path: str | Path, out_path: str | Path) -> ExportReport:
+    """Pack a training checkpoint (float or QAT) into ``out_path``; never unpickles code."""
+    ckpt = read_checkpoint(checkpoint_path)
+    module, _, _ = restore(ckpt)
+    stats = dict(ckpt["AsrDataModule"]["feature_stats"])
+    for key in ("mean", "std"):  # float32 values: 9 significant digits restore them exactly
+        stats[key] = [float(f"{v:.9g}") for v in stats[key]]
+    extra = {
+        "hyper_parameters": dict(ckpt["hyper_parameters"]),
+        "feature_stats": stats,
+        "source": {
+            "checkpoint": Path(checkpoint_path).name,
+            "global_step": ckpt.get("global_step"),
+            "epoch": ckpt.get("epoch"),
+        },
+    }
+    try:
+        described = write_packed(out_path, module.model, module.policy, extra)
+    except ValueError as err:
+        raise ValueError(f"{checkpoint_path}: cannot pack: {err}") from err
+    return ExportReport(
+        out=Path(out_path),
+        quantizer=module.policy.name or "none",
+        tensors=len(described.tensors),
+        quantized_tensors=sum(t.spec is not None for t in described.tensors),
+        file_bytes=described.file_bytes,
+        accounted_bytes=size_report(module.model, module.policy).total_bytes,
+        header_bytes=described.header_bytes,
+    )
+
+
+def _read(path: Path) -> tuple[dict[str, Tensor], PackedFile, dict[str, Any], FeatureStats]:
+    """State dict, description, hyper-parameters and feature statistics of a packed model."""
+    state, described = read_packed(path)
+    extra = described.extra
+    missing = [key for key in ("hyper_parameters", "feature_stats") if key not in extra]
+    if missing:
+        raise ValueError(
+            f"{path}: a packed file, but not a lowbit-asr model: 'extra' lacks {missing}"
+        )
+    hparams = extra["hyper_parameters"]
+    try:
+        stats = FeatureStats.from_dict(extra["feature_stats"])
+        if not isinstance(hparams, dict) or not {"model", "tokenizer"} <= set(hparams):
+            raise ValueError("hyper_parameters need 'model' and 'tokenizer'")
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: metadata 'extra': {err}") from err
+    return state, described, hparams, stats
+
+
+def _load_weights(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    try:
+        load_float_state_dict(model, state)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def load_packed(path: str | Path) -> LoadedPacked:
+    """The eval-mode model (dequantized plain weights), tokenizer, feature stats and metadata."""
+    path = Path(path)
+    state, described, hparams, stats = _read(path)
+    try:
+        tokenizer = Tokenizer.from_state(hparams["tokenizer"])
+        model = build_model(hparams["model"], tokenizer.vocab_size)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: metadata 'extra' hyper_parameters: {err}") from err
+    _load_weights(model, state, path)
+    return LoadedPacked(model.eval(), tokenizer, stats, described)
+
+
+def load_packed_module(path: str | Path) -> tuple[RNNTModule, Tokenizer, FeatureStats, PackedFile]:
+    """A packed model as an eval-mode :class:`RNNTModule` (quantizer none), for ``score_batch``."""
+    path = Path(path)
+    state, described, hparams, stats = _read(path)
+    try:
+        module = RNNTModule(**{**hparams, "quantizer": None})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: metadata 'extra' hyper_parameters: {err}") from err
+    _load_weights(module.model, state, path)
+    return module.eval(), module.tokenizer, stats, described
+
+
+def load_for_evaluation(path: str | Path) -> tuple[RNNTModule, Tokenizer, FeatureStats, str]:
+    """Module, tokenizer, stats and quantizer name of a training checkpoint or a packed file.
+
+    Packed files are recognised by their first bytes (a safetensors header) or the ``.lbq``
+    suffix; anything else is read as a weights-only training checkpoint.
+    """
+    path = Path(path)
+    if path.suffix == SUFFIX or is_packed_file(path):
+        module, tokenizer, stats, described = load_packed_module(path)
+        return module, tokenizer, stats, described.policy.name or "none"
+    module, tokenizer, stats = restore(read_checkpoint(path))
+    return module, tokenizer, stats, module.policy.name or "none"
