@@ -52,8 +52,9 @@ def test_every_config_composes_and_validates(group, name, tmp_path):
 def test_experiment_is_a_delta_over_defaults(tmp_path):
     base = _compose(root=tmp_path)
     float_mini = _compose("experiment=float_mini", root=tmp_path)
-    assert float_mini["model"]["encoder"]["subsampling_factor"] == 6
-    assert base["model"]["encoder"]["subsampling_factor"] == 4
+    assert float_mini["model"]["ctc_weight"] == 1.0 and base["model"]["ctc_weight"] == 0.0
+    assert float_mini["dataset"]["normalisation"] == "utterance"
+    assert base["dataset"]["normalisation"] == "global"
     assert float_mini["model"]["encoder"]["d_model"] == base["model"]["encoder"]["d_model"]
     assert float_mini["dataset"]["tokenizer"]["units"] == "char"
 

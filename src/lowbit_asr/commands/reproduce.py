@@ -1,10 +1,13 @@
 """``lowbit-asr reproduce``: data -> float baseline -> QAT grid -> frontier -> RESULTS.md.
 
-Staged and resumable: every stage and every grid point lives in its own folder under
-``--out`` and is skipped when its ``results.json`` says ``ok``; an interrupted training run
-resumes from its ``last.ckpt`` (the train command does that by itself). Each stage runs the
-public CLI (``lowbit-asr train …``) in a subprocess, so what it does is what a user can type,
-and one failing grid point is recorded and does not stop the others.
+Stages: corpus, float baseline, the QAT grid (each point then exported to its packed ``.lbq``
+file, whose bytes are compared with the accounted size; for the ``--packed-eval`` points the
+packed file is also evaluated, and its WER compared with the fake-quant one), frontier and the
+RESULTS.md section. Staged and resumable: every stage and every grid point lives in its own
+folder under ``--out`` and is skipped when its ``results.json`` says ``ok``; an interrupted
+training run resumes from its ``last.ckpt`` (the train command does that by itself). Each stage
+runs the public CLI (``lowbit-asr train …``) in a subprocess, so what it does is what a user can
+type, and one failing grid point (or export) is recorded and does not stop the others.
 
     lowbit-asr reproduce                                   # generated mini corpus, CPU
     lowbit-asr reproduce --dataset librispeech --data-root /data/LibriSpeech --trainer ddp \\
@@ -20,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from lowbit_asr.packed import export_packed
 from lowbit_asr.train.frontier import write_frontier
 from lowbit_asr.train.results import RESULT_FILE, git_commit
 
@@ -28,6 +32,10 @@ DEFAULT_GRID = (
     "int2_asym_sc4", "int2_asym_clipsearch", "mixed_int2_ffn_attn_int4_rest",
     "mixed_int2_encoder_int8_rest",
 )
+PACKED_EVAL = ("int4_asym", "int2_asym", "mixed_int2_ffn_attn_int4_rest")
+"""Grid points whose packed file is evaluated by default (the others are only exported)."""
+PACKED_FILE = "packed.json"
+"""Per grid point: the packed file's bytes against the accounted ones, and its WER if asked."""
 MARK = "<!-- reproduce:{dataset} -->"
 
 
@@ -51,6 +59,49 @@ def _train(args: list[str], run_dir: Path, log_path: Path) -> int:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
+def _pack(point: Path, row: dict, evaluate: bool, common: list[str], log_path: Path) -> dict:
+    """Export a finished grid point to ``model.lbq`` (and evaluate it): its ``packed.json``."""
+    path = point / PACKED_FILE
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if "packed_wer" in done or not evaluate:
+            return done
+    ckpt = row.get("best_checkpoint") or str(point / "checkpoints" / "last.ckpt")
+    lbq = point / "model.lbq"
+    report = export_packed(ckpt, lbq)
+    packed = {"checkpoint": ckpt, "file": str(lbq), "file_bytes": report.file_bytes,
+              "accounted_bytes": report.accounted_bytes, "ratio": report.ratio,
+              "header_bytes": report.header_bytes}
+    if evaluate:
+        out = point / "packed_eval.json"
+        command = [str(Path(sys.executable).parent / "lowbit-asr"), "evaluate",
+                   f"checkpoint={lbq}", f"out={out}",
+                   *[c for c in common if c.startswith("dataset")]]
+        with log_path.open("a") as log:
+            log.write(f"\n$ {' '.join(command)}\n")
+            log.flush()
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+        splits = json.loads(out.read_text())["splits"]
+        packed["packed_wer"] = {s: r["wer"] for s, r in splits.items()}
+        packed["wer_equal"] = all(packed["packed_wer"].get(s) == w for s, w in row["wer"].items())
+    path.write_text(json.dumps(packed, indent=1))
+    return packed
+
+
+def packed_table(out: Path) -> str:
+    """Markdown: each grid point's packed file against its accounted size (and WER)."""
+    lines = ["| quantizer | accounted bytes | file bytes | file / accounted |"
+             " packed WER = fake-quant WER |", "|---|---:|---:|---:|---|"]
+    for path in sorted((out / "grid").glob(f"*/{PACKED_FILE}")):
+        p = json.loads(path.read_text())
+        same = ("–" if "wer_equal" not in p else
+                ("yes (" if p["wer_equal"] else "**NO** (")
+                + ", ".join(f"{s} {100 * w:.2f}%" for s, w in p["packed_wer"].items()) + ")")
+        lines.append(f"| `{path.parent.name}` | {p['accounted_bytes']:,} | {p['file_bytes']:,} |"
+                     f" {p['ratio']:.4f} | {same} |")
+    return "\n".join(lines)
+
+
 def write_results_section(results_md: Path, dataset: str, out: Path, command: str) -> None:
     """Replace (or append) this dataset's section of RESULTS.md with the frontier table."""
     mark = MARK.format(dataset=dataset)
@@ -67,6 +118,11 @@ def write_results_section(results_md: Path, dataset: str, out: Path, command: st
         table,
         "",
         f"![size vs WER]({out / 'frontier.png'})",
+        "",
+        "Packed files (`lowbit-asr export`; the packed WER from `lowbit-asr evaluate` on the"
+        " `.lbq` file):",
+        "",
+        packed_table(out),
         mark,
     ])
     text = results_md.read_text() if results_md.is_file() else "# Results\n"
@@ -93,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stage folders (default runs/reproduce/<dataset>)")
     parser.add_argument("--results-md", type=Path, default=Path("RESULTS.md"))
     parser.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for train")
+    parser.add_argument("--packed-eval", nargs="*", default=list(PACKED_EVAL),
+                        help="grid points whose packed file is also evaluated")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / "reproduce" / args.dataset
     out.mkdir(parents=True, exist_ok=True)
@@ -126,18 +184,28 @@ def main(argv: list[str] | None = None) -> int:
 
     for i, quantizer in enumerate(args.grid, 1):
         point = out / "grid" / quantizer
-        if _done(point):
-            say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer} — done before, skipped")
-            continue
-        code = _train([f"experiment={args.qat_experiment}", f"quantizer={quantizer}",
-                       f"init.checkpoint={best}", *common], point, log_path)
         row = _done(point)
         if row:
+            say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer} — done before, skipped")
+        else:
+            code = _train([f"experiment={args.qat_experiment}", f"quantizer={quantizer}",
+                           f"init.checkpoint={best}", *common], point, log_path)
+            row = _done(point)
+            if not row:
+                say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer} FAILED (exit {code});"
+                    f" see {point / RESULT_FILE} and {log_path}")
+                continue
             say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer}: {row['size_mb']:.3f} MB,"
                 f" WER {', '.join(f'{s} {100 * w:.1f}%' for s, w in row['wer'].items())}")
-        else:
-            say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer} FAILED (exit {code});"
-                f" see {point / RESULT_FILE} and {log_path}")
+        try:
+            packed = _pack(point, row, quantizer in args.packed_eval, common, log_path)
+        except Exception as err:  # a failed export is reported, it does not sink the sweep
+            say(f"stage 3/4: {quantizer}: packed export FAILED ({err}); see {log_path}")
+            continue
+        wer_note = ("" if "wer_equal" not in packed else
+                    f", packed WER {'equal' if packed['wer_equal'] else 'DIFFERS'}")
+        say(f"stage 3/4: {quantizer}: packed {packed['file_bytes']:,} bytes ="
+            f" accounted x {packed['ratio']:.4f}{wer_note}")
 
     say("stage 4/4: frontier and RESULTS.md")
     paths = write_frontier(out)

@@ -1,0 +1,56 @@
+"""`lowbit-asr reproduce` end to end on the tiny corpus: float -> grid -> packed files -> frontier
+-> RESULTS.md section, and a rerun that skips every finished stage."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from test_train_e2e import SMALL_MODEL
+
+LOWBIT_ASR = str(Path(sys.executable).parent / "lowbit-asr")
+
+
+def test_reproduce_runs_every_stage_then_skips_them(tiny_corpus, tmp_path):
+    out, results_md = tmp_path / "repro", tmp_path / "RESULTS.md"
+    results_md.write_text("# Results\n\nkept text\n")
+    extra = [*SMALL_MODEL, f"dataset.cache_dir={tmp_path / 'cache'}",
+             "dataset.tokenizer.units=char", "dataset.num_workers=0", "logger=csv",
+             "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.max_time=null",
+             "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"]
+    command = [LOWBIT_ASR, "reproduce", "--dataset", "embedded_tiny",
+               "--data-root", str(tiny_corpus.root), "--out", str(out),
+               "--results-md", str(results_md), "--grid", "int4_asym", "int2_asym",
+               "--packed-eval", "int2_asym", "--extra", *extra]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    rows = {r["quantizer"]: r for r in csv.DictReader((out / "frontier.csv").open())}
+    assert set(rows) == {"none", "int4_asym", "int2_asym"}
+    assert all(r["status"] == "ok" for r in rows.values())
+    # Each grid point was packed; the file is the accounted size plus a small header.
+    for name in ("int4_asym", "int2_asym"):
+        packed = json.loads((out / "grid" / name / "packed.json").read_text())
+        row = json.loads((out / "grid" / name / "results.json").read_text())
+        assert packed["accounted_bytes"] == row["size_bytes"]
+        assert 1.0 <= packed["ratio"] and packed["file_bytes"] - row["size_bytes"] <= 64 * 1024
+        assert (out / "grid" / name / "model.lbq").stat().st_size == packed["file_bytes"]
+    # Only the asked point was evaluated from its packed file, with the fake-quant WER.
+    assert "packed_wer" not in json.loads((out / "grid/int4_asym/packed.json").read_text())
+    packed = json.loads((out / "grid" / "int2_asym" / "packed.json").read_text())
+    assert packed["wer_equal"] is True
+    assert packed["packed_wer"] == json.loads((out / "grid/int2_asym/results.json").read_text())[
+        "wer"]
+    text = results_md.read_text()
+    assert text.startswith("# Results\n\nkept text\n")
+    assert "## `make reproduce` on embedded_tiny" in text and "| `int2_asym` |" in text
+    assert "file / accounted" in text and (out / "frontier.png").is_file()
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "float baseline — done before, skipped" in again.stdout
+    assert again.stdout.count("done before, skipped") == 3  # float + both grid points
+    assert results_md.read_text().count("## `make reproduce` on embedded_tiny") == 1
