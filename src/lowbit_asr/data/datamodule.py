@@ -268,6 +268,7 @@ class AsrDataModule(L.LightningDataModule):
         self._stats = stats
         self._manifests: dict[str, SplitManifest] = {}
         self._features: FeatureSource | None = None
+        self._resume_position: dict[str, int] | None = None  # from a checkpoint: where to go on
         self.specaugment = SpecAugment(self.cfg.specaugment, seed=self.cfg.seed)
 
     # ----------------------------------------------------------------- what was built
@@ -374,12 +375,19 @@ class AsrDataModule(L.LightningDataModule):
         return self._features
 
     def state_dict(self) -> dict[str, Any]:
-        """Tokenizer and statistics, stored in Lightning checkpoints."""
+        """Tokenizer, statistics and the position in the training data, stored in Lightning
+        checkpoints (the position lets a run killed mid-epoch resume at the next batch)."""
         state: dict[str, Any] = {}
         if self._tokenizer is not None:
             state["tokenizer"] = self._tokenizer.state_dict()
         if self._stats is not None:
             state["feature_stats"] = self._stats.to_dict()
+        trainer = self.trainer
+        if trainer is not None and getattr(trainer, "fit_loop", None) is not None:
+            state["train_position"] = {
+                "epoch": int(trainer.current_epoch),
+                "batches": int(trainer.fit_loop.epoch_loop.batch_progress.current.completed),
+            }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -391,6 +399,7 @@ class AsrDataModule(L.LightningDataModule):
             self._tokenizer = restored
         if "feature_stats" in state_dict:
             self._stats = FeatureStats.from_dict(state_dict["feature_stats"])
+        self._resume_position = state_dict.get("train_position")
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """SpecAugment, in training only, on the batch's device."""
@@ -409,7 +418,11 @@ class AsrDataModule(L.LightningDataModule):
             u for s in self.cfg.train_splits for u in self._usable(s, self.manifest(s), train=True)
         ]
         dataset = AsrDataset(utterances, self.tokenizer, self.stats, self.features)
-        return self._loader(dataset, shuffle=True)
+        loader = self._loader(dataset, shuffle=True)
+        if self._resume_position is not None:  # resuming: skip the batches already trained
+            loader.sampler.resume_at(**self._resume_position)  # type: ignore[attr-defined]
+            self._resume_position = None
+        return loader
 
     def val_dataloader(self) -> DataLoader[Batch]:
         """The dev split in duration order."""

@@ -66,6 +66,7 @@ class BucketingBatchSampler(Sampler[list[int]]):
         self.world_size = world_size
         self.sorted_epochs = sorted_epochs
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches of it already trained)
         # Stable sort: ties keep the dataset's (id) order, so the buckets are reproducible.
         order = np.argsort(self.durations, kind="stable")
         self._buckets = [
@@ -74,6 +75,14 @@ class BucketingBatchSampler(Sampler[list[int]]):
         self._longest = [float(self.durations[b].max()) for b in self._buckets]
         self._sizes = [max(1, math.floor(self.max_batch_seconds / d)) for d in self._longest]
         self._len: int | None = None
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Make the next iteration of ``epoch`` skip this rank's first ``batches`` batches (those
+        trained before a checkpoint), so a resumed run sees exactly the batches an uninterrupted
+        one would. One-shot: later epochs, and iterations of other epochs, are whole."""
+        if epoch < 0 or batches < 0:
+            raise ValueError(f"resume_at needs epoch, batches >= 0, got {epoch}, {batches}")
+        self._resume = (epoch, batches)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's shuffle (Lightning calls this before every epoch)."""
@@ -125,7 +134,11 @@ class BucketingBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         """This rank's batches of the current epoch."""
-        yield from self.global_batches()[self.rank :: self.world_size]
+        batches = self.global_batches()[self.rank :: self.world_size]
+        if self._resume is not None and self._resume[0] == self.epoch:
+            batches = batches[self._resume[1] :]
+            self._resume = None
+        yield from batches
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same in every epoch and on every rank)."""

@@ -8,6 +8,7 @@ silently float.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -21,6 +22,8 @@ from lowbit_asr.data.tokenizer import Tokenizer
 from lowbit_asr.model.rnnt import build_model, count_parameters
 from lowbit_asr.quant import QuantPolicy, prepare, set_fake_quant_enabled, size_report
 from lowbit_asr.train.optim import OptimConfig, build_optimizer, lr_factor
+
+log = logging.getLogger(__name__)
 
 FRAME_SHIFT_SECONDS = 0.01
 """Feature hop (10 ms): frames -> seconds of audio, for the real-time factor."""
@@ -66,6 +69,9 @@ class RNNTModule(L.LightningModule):
         self._decode_seconds: dict[str, float] = defaultdict(float)
         self._audio_seconds: dict[str, float] = defaultdict(float)
         self._train_start: float | None = None
+        self._last_batch: tuple[list[str], Tensor | None] = ([], None)  # last step's ids, loss
+        self._skipped_steps = 0
+        self._consecutive_nonfinite = 0
 
     # ---- information ----------------------------------------------------------------------
     def describe(self) -> str:
@@ -97,7 +103,51 @@ class RNNTModule(L.LightningModule):
         self.log("train/rnnt_loss", out["rnnt_loss"], batch_size=n)
         if self.model.ctc_head is not None:
             self.log("train/ctc_loss", out["ctc_loss"], batch_size=n)
+        self._last_batch = (list(batch["ids"]), out["loss"].detach())  # no device sync here
         return out["loss"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Non-finite loss or gradients (after DDP's all-reduce, so every rank agrees): skip the
+        update (gradients dropped: AdamW leaves parameters and moments untouched) or stop."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+            self._consecutive_nonfinite = 0
+            return
+        ids, loss = self._last_batch
+        what = ("gradients" if loss is None or bool(loss.isfinite())
+                else f"loss {float(loss)}")
+        where = (f"step {self.global_step}: non-finite {what} on the batch of {len(ids)}"
+                 f" utterances {ids[:3]}{' …' if len(ids) > 3 else ''}")
+        if self.optim_cfg.on_nonfinite == "stop":
+            raise FloatingPointError(
+                f"{where}; stopping (optim.on_nonfinite=stop). No checkpoint holds this update:"
+                " checkpoints/last.ckpt is the last good state; optim.on_nonfinite=skip skips"
+                " such steps instead.")
+        for p in self.parameters():
+            p.grad = None
+        self._skipped_steps += 1
+        self._consecutive_nonfinite += 1
+        self.log("train/skipped_steps", float(self._skipped_steps))
+        log.warning("%s; update skipped (%d so far)", where, self._skipped_steps)
+        if self._consecutive_nonfinite >= self.optim_cfg.max_consecutive_nonfinite:
+            raise FloatingPointError(
+                f"{where}; {self._consecutive_nonfinite} non-finite steps in a row"
+                f" (optim.max_consecutive_nonfinite): the run has diverged. checkpoints/last.ckpt"
+                " is the last good state; lower optim.lr or look at the batches named above.")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the random state (dropout masks) so that a resumed run continues identically."""
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore what :meth:`on_save_checkpoint` kept (checkpoints without it load as well)."""
+        state = checkpoint.get("rng_state") or {}
+        if "torch" in state:
+            torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + per-step warm-up/decay schedule."""

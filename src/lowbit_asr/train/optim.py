@@ -11,6 +11,10 @@ import torch
 SCHEDULES = ("cosine", "noam", "constant")
 
 
+NONFINITE_POLICIES = ("skip", "stop")
+"""What a step with a non-finite loss or gradient does (``optim.on_nonfinite``)."""
+
+
 @dataclass
 class OptimConfig:
     """AdamW with linear warm-up, then cosine decay to ``final_lr_ratio`` or Noam decay."""
@@ -32,6 +36,12 @@ class OptimConfig:
     """Steps of the cosine schedule; 0 = the trainer's ``max_steps``."""
     final_lr_ratio: float = 0.02
     """Cosine floor as a fraction of ``lr``."""
+    on_nonfinite: str = "skip"
+    """A step whose loss or gradients hold NaN/inf: ``skip`` it (no parameter or optimiser-state
+    change, counted in ``train/skipped_steps``) or ``stop`` the run with an error naming the
+    step and the batch. Either way no checkpoint ever holds the non-finite update."""
+    max_consecutive_nonfinite: int = 20
+    """With ``skip``: this many non-finite steps in a row stop the run (it has diverged)."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -51,6 +61,15 @@ class OptimConfig:
             raise ValueError(f"optim.total_steps must be an integer >= 0, got {self.total_steps!r}")
         if not 0 <= self.final_lr_ratio <= 1:
             raise ValueError(f"optim.final_lr_ratio must be in [0, 1], got {self.final_lr_ratio!r}")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"optim.on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}"
+            )
+        if (not isinstance(self.max_consecutive_nonfinite, int)
+                or isinstance(self.max_consecutive_nonfinite, bool)
+                or self.max_consecutive_nonfinite < 1):
+            raise ValueError("optim.max_consecutive_nonfinite must be an integer >= 1, got "
+                             f"{self.max_consecutive_nonfinite!r}")
 
 
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
