@@ -28,17 +28,20 @@ class Snapshots(L.Callback):
 
 
 class PoisonedModule(RNNTModule):
-    """Returns a NaN (or +inf) loss at the listed 0-based optimiser steps."""
+    """Its model's loss is NaN (or +inf) at the listed 0-based optimiser steps."""
 
     def __init__(self, *args, poison: dict[int, float], **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.poison = poison
+        forward = self.model.forward
 
-    def training_step(self, batch, batch_idx):
-        loss = super().training_step(batch, batch_idx)
-        if self.global_step in self.poison:
-            loss = loss * self.poison[self.global_step]  # NaN or inf, with a graph behind it
-        return loss
+        def poisoned(*inputs, **kw):
+            out = forward(*inputs, **kw)
+            if self.model.training and self.global_step in poison:
+                # NaN or inf, with the model's graph behind it (its gradients are NaN too).
+                out = {**out, "loss": out["loss"] * poison[self.global_step]}
+            return out
+
+        self.model.forward = poisoned
 
 
 def _train(corpus_root, cache, poison, **optim) -> tuple[PoisonedModule, Snapshots]:
