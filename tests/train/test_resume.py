@@ -43,8 +43,8 @@ def test_sigkill_mid_epoch_then_same_command_resumes_identically(tiny_corpus, tm
     # Dropout and SpecAugment on (the defaults): the resumed run must restore the random state
     # and the position in the shuffled epoch, not only the weights and the optimiser.
     args = [*_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL, "logger=csv",
-            "dataset.max_batch_seconds=12", "trainer.max_steps=9",
-            "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
+            "dataset.max_batch_seconds=12", "dataset.max_utterance_seconds=12",
+            "trainer.max_steps=9", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
             "trainer.enable_progress_bar=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
