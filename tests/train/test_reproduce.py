@@ -42,8 +42,10 @@ def test_reproduce_runs_every_stage_then_skips_them(tiny_corpus, tmp_path):
     assert "packed_wer" not in json.loads((out / "grid/int4_asym/packed.json").read_text())
     packed = json.loads((out / "grid" / "int2_asym" / "packed.json").read_text())
     assert packed["wer_equal"] is True
-    assert packed["packed_wer"] == json.loads((out / "grid/int2_asym/results.json").read_text())[
-        "wer"]
+    logged = json.loads((out / "grid" / "int2_asym" / "results.json").read_text())["wer"]
+    assert packed["packed_wer"].keys() == logged.keys()
+    # The logged WER went through float32; the packed file's is exact: the same error count.
+    assert all(abs(packed["packed_wer"][s] - w) < 1e-6 for s, w in logged.items())
     text = results_md.read_text()
     assert text.startswith("# Results\n\nkept text\n")
     assert "## `make reproduce` on embedded_tiny" in text and "| `int2_asym` |" in text

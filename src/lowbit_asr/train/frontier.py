@@ -104,11 +104,19 @@ def to_markdown(flat: list[dict[str, Any]], splits: list[str],
     head = ["quantizer", "bits", "sym", "granularity", "clip", "size MB", "× int4 size",
             *[f"WER {s} %" for s in splits], *[f"× float WER {s}" for s in splits]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    repeated = {q for q in (i["quantizer"] for i in flat)
+                if sum(i["quantizer"] == q for i in flat) > 1}
     for item in flat:
         on_front = any(item[f"front_{s}"] for s in splits)
-        name = f"**{item['quantizer']}**" if on_front else item["quantizer"]
+        name = item["quantizer"]
+        if name in repeated:  # e.g. the float baseline and the float fine-tuned like the grid
+            name = f"{name} ({item['experiment'] or item['run_id']})"
+        name = f"**{name}**" if on_front else name
         sym = {True: "sym", False: "asym"}.get(item["symmetric"], _fmt(item["symmetric"]))
-        cells = [name, _fmt(item["bits"]), sym, f"{item['granularity']} {item['group'] or ''}",
+        group = item["group"]  # e.g. g16; not repeated when it says the same as the granularity
+        granularity = (item["granularity"] if group in (None, "", item["granularity"])
+                       else f"{item['granularity']} {group}")
+        cells = [name, _fmt(item["bits"]), sym, granularity,
                  _fmt(item["clip"]), f"{item['size_mb']:.3f}",
                  _fmt(item["rel_size_vs_int4"], "{:.2f}"),
                  *[_fmt(None if item[f"wer_{s}"] is None else 100 * item[f"wer_{s}"], "{:.2f}")

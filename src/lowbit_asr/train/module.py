@@ -71,6 +71,7 @@ class RNNTModule(L.LightningModule):
         self._train_start: float | None = None
         self._last_batch: tuple[list[str], Tensor | None] = ([], None)  # last step's ids, loss
         self._skipped_steps = 0
+        self._restored_rng: dict[str, Any] | None = None  # from a checkpoint, for the next batch
         self._consecutive_nonfinite = 0
 
     # ---- information ----------------------------------------------------------------------
@@ -91,7 +92,14 @@ class RNNTModule(L.LightningModule):
         self._train_start = time.perf_counter()
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Float warm-up: fake quantization switches on after ``fake_quant_after_steps``."""
+        """Resumed: the checkpoint's random state. Float warm-up: fake quantization switches on
+        after ``fake_quant_after_steps``."""
+        if self._restored_rng is not None:
+            if "torch" in self._restored_rng:
+                torch.set_rng_state(self._restored_rng["torch"])
+            if "cuda" in self._restored_rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._restored_rng["cuda"])
+            self._restored_rng = None
         if self.fake_quant_after_steps and not self.policy.is_float:
             set_fake_quant_enabled(self.model, self.global_step >= self.fake_quant_after_steps)
 
@@ -142,12 +150,10 @@ class RNNTModule(L.LightningModule):
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore what :meth:`on_save_checkpoint` kept (checkpoints without it load as well)."""
-        state = checkpoint.get("rng_state") or {}
-        if "torch" in state:
-            torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        """Keep what :meth:`on_save_checkpoint` saved until the first resumed training batch:
+        creating the epoch's DataLoader iterator draws from the global generator, which the
+        uninterrupted run did long before (checkpoints without a random state load as well)."""
+        self._restored_rng = checkpoint.get("rng_state") or None
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + per-step warm-up/decay schedule."""
