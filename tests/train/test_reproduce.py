@@ -50,6 +50,8 @@ def test_reproduce_runs_every_stage_then_skips_them(tiny_corpus, tmp_path):
     assert text.startswith("# Results\n\nkept text\n")
     assert "## `make reproduce` on embedded_tiny" in text and "| `int2_asym` |" in text
     assert "file / accounted" in text and (out / "frontier.png").is_file()
+    assert "![size vs WER](results/frontier_embedded_tiny.png)" in text
+    assert (tmp_path / "results" / "frontier_embedded_tiny.png").is_file()
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

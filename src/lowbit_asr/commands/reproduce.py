@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -121,6 +122,10 @@ def write_results_section(results_md: Path, dataset: str, out: Path, command: st
     """Replace (or append) this dataset's section of RESULTS.md with the frontier table."""
     mark = MARK.format(dataset=dataset)
     table = (out / "frontier.md").read_text().strip()
+    # The plot goes beside RESULTS.md (runs/ is not kept in git), named by the dataset.
+    plot = results_md.parent / "results" / f"frontier_{dataset}.png"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "frontier.png", plot)
     float_row = _done(out / "float") or {}
     section = "\n".join([
         mark,
@@ -132,7 +137,7 @@ def write_results_section(results_md: Path, dataset: str, out: Path, command: st
         "",
         table,
         "",
-        f"![size vs WER]({out / 'frontier.png'})",
+        f"![size vs WER]({plot.relative_to(results_md.parent).as_posix()})",
         "",
         "Packed files (`lowbit-asr export`; the packed WER from `lowbit-asr evaluate` on the"
         " `.lbq` file):",
