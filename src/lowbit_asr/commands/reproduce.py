@@ -76,11 +76,7 @@ def _pack(point: Path, row: dict, evaluate: bool, common: list[str], log_path: P
     path = point / PACKED_FILE
     if path.is_file():
         done = json.loads(path.read_text())
-        if "packed_wer" in done:  # (re)judged by the current rule
-            done["wer_equal"] = _same_wer(done["packed_wer"], row["wer"])
-            path.write_text(json.dumps(done, indent=1))
-            return done
-        if not evaluate:
+        if "packed_wer" in done or not evaluate:
             return done
     ckpt = row.get("best_checkpoint") or str(point / "checkpoints" / "last.ckpt")
     lbq = point / "model.lbq"
