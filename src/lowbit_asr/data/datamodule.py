@@ -7,8 +7,9 @@
 
 A batch (:class:`Batch`) is a dict: ``feats (N, T, 80)`` normalised log-mel, zero-padded;
 ``feat_lens (N,)``; ``targets (N, U)`` token ids padded with the blank id 0; ``target_lens (N,)``;
-``texts`` (normalised references) and ``ids``. SpecAugment is applied after the batch reached
-its device, in training only (:meth:`AsrDataModule.on_after_batch_transfer`).
+``texts`` (normalised references) and ``ids``. Speed/VTLP perturbation
+(:mod:`lowbit_asr.data.perturb`) and then SpecAugment are applied after the batch reached its
+device, in training only (:meth:`AsrDataModule.on_after_batch_transfer`).
 
 What ``prepare_data`` builds once (Lightning runs it on one process per node) and ``setup``
 reads back on every rank, all beside the manifests (or under ``cache_dir``):
@@ -62,6 +63,7 @@ from lowbit_asr.data.librispeech import (
     Utterance,
     read_split,
 )
+from lowbit_asr.data.perturb import Perturb, PerturbConfig
 from lowbit_asr.data.sampler import BucketingBatchSampler
 from lowbit_asr.data.tokenizer import (
     Tokenizer,
@@ -137,6 +139,8 @@ class DatasetConfig:
     """Epochs at the start of training whose batches go from the shortest utterances to the
     longest (SortaGrad, Amodei et al. 2016; batches still shuffled inside each bucket); 0 =
     every epoch in shuffled order."""
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    """Training-time speed and vocal-tract-length perturbation (before SpecAugment)."""
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     """Training-time masking."""
 
@@ -149,6 +153,7 @@ class DatasetConfig:
             raise ValueError(f"dev_split must be a split name, got {self.dev_split!r}")
         self.test_splits = _split_list(self.test_splits, "test_splits", allow_empty=True)
         self.tokenizer = coerce(self.tokenizer, TokenizerConfig, "tokenizer")
+        self.perturb = coerce(self.perturb, PerturbConfig, "perturb")
         self.specaugment = coerce(self.specaugment, SpecAugmentConfig, "specaugment")
         _positive(self.max_batch_seconds, "max_batch_seconds", integer=False, minimum=1e-9)
         _positive(self.max_utterance_seconds, "max_utterance_seconds", integer=False, minimum=1e-9)
@@ -269,6 +274,7 @@ class AsrDataModule(L.LightningDataModule):
         self._manifests: dict[str, SplitManifest] = {}
         self._features: FeatureSource | None = None
         self._resume_position: dict[str, int] | None = None  # from a checkpoint: where to go on
+        self.perturb = Perturb(self.cfg.perturb, seed=self.cfg.seed)
         self.specaugment = SpecAugment(self.cfg.specaugment, seed=self.cfg.seed)
 
     # ----------------------------------------------------------------- what was built
@@ -402,8 +408,12 @@ class AsrDataModule(L.LightningDataModule):
         self._resume_position = state_dict.get("train_position")
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """SpecAugment, in training only, on the batch's device."""
+        """Perturbation, then SpecAugment, in training only, on the batch's device."""
         trainer = self.trainer
+        if trainer is not None and trainer.training and self.cfg.perturb.active:
+            batch["feats"], batch["feat_lens"] = self.perturb(
+                batch["feats"], batch["feat_lens"], batch["ids"], epoch=trainer.current_epoch
+            )
         if trainer is not None and trainer.training and self.cfg.specaugment.active:
             batch["feats"] = self.specaugment(
                 batch["feats"], batch["feat_lens"], batch["ids"], epoch=trainer.current_epoch
