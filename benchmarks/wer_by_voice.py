@@ -2,11 +2,16 @@
 
     python benchmarks/wer_by_voice.py runs/float_mini/<date>/checkpoints/best.ckpt
     python benchmarks/wer_by_voice.py best.ckpt --splits train dev test-clean --utterances 120
+    python benchmarks/wer_by_voice.py best.ckpt --splits test-clean --freq-warp 1.0 0.9 0.83
 
 Tells under-fitting from poor generalisation: WER on (a subsample of) the TRAIN split next to
 dev/test, and which engines or voices fail. Reads the corpus manifest for each speaker's engine
 and voice (espeak-ng variants are pooled as ``espeak-ng:*``). Prints a markdown table and one
 reference/hypothesis pair per row.
+
+``--freq-warp a b ...`` repeats the evaluation with every utterance's spectrum warped by each
+factor (``lowbit_asr.data.perturb``: frequencies times ``a``, duration kept): if a held-out
+voice improves a lot at ``a < 1``, its formants sit above anything the model learned from.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 import torch
 
 from lowbit_asr.data.datamodule import AsrDataModule, AsrDataset, DatasetConfig
+from lowbit_asr.data.perturb import Perturb, PerturbConfig
 from lowbit_asr.train.checkpoint import read_checkpoint, restore
 from lowbit_asr.train.module import word_errors
 
@@ -32,6 +38,8 @@ def main() -> None:
                         help="evenly spaced utterances per split")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--freq-warp", type=float, nargs="+", default=[1.0],
+                        help="evaluate with the spectrum warped by each factor (1 = as is)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     module, tokenizer, stats = restore(read_checkpoint(args.checkpoint))
@@ -43,9 +51,11 @@ def main() -> None:
                          tokenizer=tokenizer, stats=stats)
     print(f"checkpoint {args.checkpoint}, greedy decoding, up to {args.utterances} utterances"
           " per split\n")
-    print("| split | engine:voice | utterances | words | WER % | example (ref -> hyp) |")
-    print("|---|---|---:|---:|---:|---|")
-    for split in args.splits:
+    print("| split | freq. warp | engine:voice | utterances | words | WER % |"
+          " example (ref -> hyp) |")
+    print("|---|---:|---|---:|---:|---:|---|")
+    perturb = Perturb(PerturbConfig())
+    for split, warp in [(s, w) for s in args.splits for w in args.freq_warp]:
         utterances = data.manifest(split).utterances
         step = max(1, len(utterances) // args.utterances)
         chosen = utterances[::step][: args.utterances]
@@ -54,6 +64,10 @@ def main() -> None:
         example: dict[str, str] = {}
         for start in range(0, len(chosen), args.batch):
             batch = dataset[list(range(start, min(start + args.batch, len(chosen))))]
+            if warp != 1.0:
+                feats = [perturb.utterance(batch["feats"][i, :n], speed=1.0, warp=warp)
+                         for i, n in enumerate(batch["feat_lens"].tolist())]
+                batch["feats"] = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
             hyps = module.transcribe(batch)
             for u, ref, hyp in zip(chosen[start:start + args.batch], batch["texts"], hyps,
                                    strict=True):
@@ -68,7 +82,8 @@ def main() -> None:
                 example.setdefault(key, f"{ref[:40]} -> {hyp[:40]}")
         for key in ["all", *sorted(k for k in counts if k != "all")]:
             errors, words, n = counts[key]
-            print(f"| {split} | {key} | {n} | {words} | {100 * errors / max(words, 1):.1f} |"
+            print(f"| {split} | {warp:g} | {key} | {n} | {words} |"
+                  f" {100 * errors / max(words, 1):.1f} |"
                   f" {example.get(key, '')} |")
 
 
