@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from pipeline_corpus import write_corpus, write_utterances
 
 from lowbit_asr.data.datamodule import AsrDataModule, Batch, DatasetConfig
-from lowbit_asr.data.features import num_frames
+from lowbit_asr.data.features import N_MELS, lifter_matrix, num_frames
 from lowbit_asr.data.librispeech import BadUtteranceError
 from lowbit_asr.data.sampler import BucketingBatchSampler
 from lowbit_asr.data.tokenizer import CharTokenizer, UnknownCharacterError
@@ -432,3 +432,22 @@ def test_lightning_fit_reshuffles_every_epoch(dm: AsrDataModule) -> None:
     assert sorted(model.ids[0]) == sorted(model.ids[1]) == train  # each once per epoch
     assert model.ids[0] != model.ids[1]  # set_epoch reached the sampler
     assert all(model.masked)  # SpecAugment ran in training
+
+
+@pytest.mark.parametrize("bad", [-1, 81, "30"])
+def test_cepstral_lifter_errors_name_the_key(bad: object, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cepstral_lifter"):
+        make_cfg(tmp_path, tmp_path, cepstral_lifter=bad)
+
+
+def test_cepstral_lifter_reaches_the_batches(corpus: Path, tmp_path: Path) -> None:
+    plain = AsrDataModule(make_cfg(corpus, tmp_path))
+    liftered = AsrDataModule(make_cfg(corpus, tmp_path, cepstral_lifter=12))
+    for dm_ in (plain, liftered):
+        dm_.prepare_data()
+        dm_.setup("fit")
+    assert liftered.stats.lifter == 12 and liftered.state_dict()["feature_stats"]["lifter"] == 12
+    a, b = next(iter(plain.val_dataloader())), next(iter(liftered.val_dataloader()))
+    assert a["ids"] == b["ids"]
+    projection = lifter_matrix(N_MELS, 12)
+    torch.testing.assert_close(b["feats"], a["feats"] @ projection, atol=1e-5, rtol=1e-5)

@@ -165,3 +165,37 @@ def test_spec_augment_off() -> None:
 def test_spec_augment_config_errors_name_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         SpecAugmentConfig(**kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ cepstral lifter
+
+
+def test_lifter_matrix_keeps_the_envelope_and_removes_fine_structure() -> None:
+    bins = feat.N_MELS
+    p = feat.lifter_matrix(bins, 30)
+    assert torch.allclose(p, p.T) and torch.allclose(p @ p, p, atol=1e-5)  # a projection
+    assert int((torch.linalg.eigvalsh(p.double()) > 0.5).sum()) == 30  # keeps 30 directions
+    assert torch.allclose(feat.lifter_matrix(bins, bins), torch.eye(bins), atol=1e-5)
+    k = torch.arange(bins, dtype=torch.float32)
+    envelope = torch.cos(torch.pi * 3 * (k + 0.5) / bins) + 0.5  # slow: "formants"
+    ripple = torch.cos(torch.pi * 40 * (k + 0.5) / bins)  # period 4 bins: "pitch harmonics"
+    torch.testing.assert_close(envelope @ p, envelope, atol=1e-4, rtol=0)
+    assert (ripple @ p).abs().max() < 1e-4
+    torch.testing.assert_close((envelope + ripple) @ p, envelope, atol=1e-4, rtol=0)
+
+
+def test_stats_apply_and_store_the_lifter(tmp_path: Path) -> None:
+    stats = FeatureStats(torch.zeros(feat.N_MELS), torch.full((feat.N_MELS,), 2.0), 1, 10)
+    liftered = stats.with_normalisation("utterance", lifter=20)
+    x = torch.randn(7, feat.N_MELS)
+    expected = ((x - x.mean(0)) / 2.0) @ feat.lifter_matrix(feat.N_MELS, 20)
+    torch.testing.assert_close(liftered.normalise(x), expected)
+    restored = FeatureStats.from_dict(liftered.to_dict())
+    assert (restored.normalisation, restored.lifter) == ("utterance", 20)
+    assert FeatureStats.from_dict({**stats.to_dict(), "lifter": 0}).lifter == 0
+    old = stats.to_dict()
+    del old["lifter"]  # checkpoints written before the option existed
+    assert FeatureStats.from_dict(old).lifter == 0
+    for bad in (-1, 81, 2.5, True):
+        with pytest.raises(ValueError, match="lifter"):
+            stats.with_normalisation("global", lifter=bad)  # type: ignore[arg-type]

@@ -22,7 +22,8 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from lowbit_asr.data.datamodule import AsrDataModule
+from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
+from lowbit_asr.data.features import FeatureStats
 from lowbit_asr.train.checkpoint import data_state, init_from_float, read_checkpoint
 from lowbit_asr.train.config import TrainConfig, validate
 from lowbit_asr.train.module import RNNTModule
@@ -55,6 +56,19 @@ def command_line() -> str:
     return " ".join(["lowbit-asr train", *overrides])
 
 
+def feature_options(stats: FeatureStats, dataset: DatasetConfig, source: str) -> FeatureStats:
+    """A checkpoint's feature statistics applied the way the config asks (``dataset.normalisation``,
+    ``dataset.cepstral_lifter``); a difference from how the checkpoint was trained is logged."""
+    wanted = (dataset.normalisation, dataset.cepstral_lifter)
+    if (stats.normalisation, stats.lifter) == wanted:
+        return stats
+    log.warning(
+        "%s was trained with dataset.normalisation=%s dataset.cepstral_lifter=%d; this run uses"
+        " %s and %d (the config's)", source, stats.normalisation, stats.lifter, *wanted,
+    )
+    return stats.with_normalisation(*wanted)
+
+
 def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train, then evaluate every test split; returns the result row."""
     cfg = validate(plain)  # fails here, before any data is read, on a wrong key or value
@@ -66,6 +80,8 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     init = read_checkpoint(cfg.init.checkpoint) if cfg.init.mode == "float_ckpt" else None
     # QAT from a float checkpoint keeps its tokenizer and feature statistics.
     tokenizer, stats = data_state(init) if init else (None, None)
+    if stats is not None:
+        stats = feature_options(stats, cfg.dataset, str(cfg.init.checkpoint))
     data = AsrDataModule(cfg.dataset, tokenizer=tokenizer, stats=stats)
     data.prepare_data()
     data.setup("fit")

@@ -46,11 +46,13 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from lowbit_asr.data.features import (
+    N_MELS,
     NORMALISATIONS,
     FeatureSource,
     FeatureStats,
     SpecAugment,
     SpecAugmentConfig,
+    check_lifter,
     feature_cache_dir,
     load_or_compute_stats,
     precompute_features,
@@ -135,6 +137,10 @@ class DatasetConfig:
     """``global``: subtract the train mean per bin; ``utterance``: each utterance's own mean
     (removes a voice's level and spectral tilt); both divide by the train std. Stored with the
     statistics in checkpoints, so evaluation follows the training choice."""
+    cepstral_lifter: int = 0
+    """Keep the first this-many DCT coefficients of each normalised log-mel frame (0 = off):
+    smooths pitch harmonics out of the spectral envelope, the MFCC habit for speaker
+    robustness. Stored with the statistics, so evaluation follows it."""
     curriculum_epochs: int = 0
     """Epochs at the start of training whose batches go from the shortest utterances to the
     longest (SortaGrad, Amodei et al. 2016; batches still shuffled inside each bucket); 0 =
@@ -184,6 +190,7 @@ class DatasetConfig:
                 f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}"
             )
         _positive(self.curriculum_epochs, "curriculum_epochs", integer=True, minimum=0)
+        check_lifter(self.cepstral_lifter, N_MELS, "cepstral_lifter")
 
 
 class Batch(TypedDict):
@@ -370,7 +377,7 @@ class AsrDataModule(L.LightningDataModule):
         if self._stats is None:
             self._stats = load_or_compute_stats(
                 self.train_utterances(), self.features, self.cache_root, self.cfg.stats_utterances
-            ).with_normalisation(self.cfg.normalisation)
+            ).with_normalisation(self.cfg.normalisation, self.cfg.cepstral_lifter)
 
     @property
     def features(self) -> FeatureSource:

@@ -21,6 +21,7 @@ in the page cache; noisy audio decodes slower); reading the cache ~0.5 s per hou
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -226,6 +227,27 @@ bin, over its frames: cepstral mean normalisation, which removes a voice's or a 
 spectral tilt and level). Both divide by the train standard deviation."""
 
 
+def check_lifter(value: object, bins: int, name: str) -> None:
+    """``value`` must be 0 (off) or a coefficient count in 1..``bins``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= bins:
+        raise ValueError(f"{name} must be an integer in 0..{bins} (0 = off), got {value!r}")
+
+
+@functools.lru_cache(maxsize=8)
+def lifter_matrix(bins: int, keep: int) -> Tensor:
+    """``(bins, bins)`` projection ``x @ P``: orthonormal DCT-II, zero every coefficient from
+    ``keep`` on, inverse DCT. Low coefficients are the spectral envelope (formants); high ones
+    the fine structure, chiefly pitch harmonics, which differ most between voices. Summing
+    cepstra like this is the classic MFCC truncation, kept in the log-mel domain so the model's
+    input stays ``(T, bins)``."""
+    n = torch.arange(bins, dtype=torch.float64)
+    dct = torch.cos(math.pi / bins * (n[None, :] + 0.5) * n[:, None])  # (k, n)
+    dct[0] *= math.sqrt(1.0 / bins)
+    dct[1:] *= math.sqrt(2.0 / bins)
+    kept = dct[:keep]  # (keep, bins)
+    return (kept.T @ kept).to(torch.float32)  # symmetric: x @ P = x @ D_k^T D_k
+
+
 @dataclass
 class FeatureStats:
     """Per-bin mean and standard deviation of the train log-mel frames, and how to apply them."""
@@ -237,24 +259,34 @@ class FeatureStats:
     normalisation: str = "global"
     """One of :data:`NORMALISATIONS`; stored with the statistics (and so in checkpoints), so
     that evaluation normalises as training did."""
+    lifter: int = 0
+    """Cepstral liftering after normalisation: keep the first ``lifter`` DCT-II coefficients of
+    each frame and transform back to 80 bins (0 = off). Stored like ``normalisation``."""
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(
                 f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}"
             )
+        check_lifter(self.lifter, self.mean.shape[-1], "lifter")
 
     def normalise(self, feats: Tensor) -> Tensor:
         """Normalise one utterance ``(frames, 80)`` (or any ``(..., frames, 80)`` of whole
         utterances): ``(feats - mean) / std``, the mean being the train one (``global``) or
         the utterance's own (``utterance``)."""
         if self.normalisation == "utterance" and feats.shape[-2] > 0:
-            return (feats - feats.mean(dim=-2, keepdim=True)) / self.std
-        return (feats - self.mean) / self.std
+            feats = (feats - feats.mean(dim=-2, keepdim=True)) / self.std
+        else:
+            feats = (feats - self.mean) / self.std
+        if self.lifter:
+            feats = feats @ lifter_matrix(feats.shape[-1], self.lifter)
+        return feats
 
-    def with_normalisation(self, normalisation: str) -> FeatureStats:
-        """The same statistics applied the ``normalisation`` way."""
-        return FeatureStats(self.mean, self.std, self.utterances, self.frames, normalisation)
+    def with_normalisation(self, normalisation: str, lifter: int = 0) -> FeatureStats:
+        """The same statistics applied the ``normalisation`` way, liftered to ``lifter``."""
+        return FeatureStats(
+            self.mean, self.std, self.utterances, self.frames, normalisation, lifter
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (also what checkpoints store)."""
@@ -265,6 +297,7 @@ class FeatureStats:
             "utterances": self.utterances,
             "frames": self.frames,
             "normalisation": self.normalisation,
+            "lifter": self.lifter,
         }
 
     @classmethod
@@ -280,6 +313,7 @@ class FeatureStats:
             utterances=int(state["utterances"]),
             frames=int(state["frames"]),
             normalisation=str(state.get("normalisation", "global")),
+            lifter=int(state.get("lifter", 0)),
         )
 
 
