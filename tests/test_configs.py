@@ -55,8 +55,13 @@ def test_experiment_is_a_delta_over_defaults(tmp_path):
     assert float_mini["model"]["ctc_weight"] == 1.0 and base["model"]["ctc_weight"] == 0.0
     assert float_mini["dataset"]["normalisation"] == "utterance"
     assert base["dataset"]["normalisation"] == "global"
-    assert float_mini["model"]["encoder"]["d_model"] == base["model"]["encoder"]["d_model"]
+    # What the experiment does not set is inherited from the groups.
+    assert float_mini["model"]["encoder"]["conv_kernel"] == base["model"]["encoder"]["conv_kernel"]
+    assert (float_mini["model"]["encoder"]["d_model"], base["model"]["encoder"]["d_model"]) == (
+        160, 144)
     assert float_mini["dataset"]["tokenizer"]["units"] == "char"
+    assert float_mini["dataset"]["perturb"]["speed"] == [0.9, 1.1]
+    assert base["dataset"]["perturb"]["speed"] == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("overrides,message", [
