@@ -5,7 +5,9 @@
   ``log(max(mel, 1e-6))``).
 * :class:`FeatureStats`: per-bin mean and standard deviation over TRAIN frames, computed on an
   evenly spaced subsample of utterances (:func:`compute_stats`, ``stats_utterances`` of them,
-  500 by default) and cached as JSON beside the manifests (:func:`load_or_compute_stats`).
+  500 by default) and cached as JSON beside the manifests (:func:`load_or_compute_stats`);
+  they also carry how to apply them (global or per-utterance mean, an optional cepstral lifter:
+  :func:`lifter_matrix`), so checkpoints and packed files evaluate as training did.
 * :class:`SpecAugment`: frequency and time masks whose count and width adapt to each
   utterance's length (Park et al. 2020), drawn from a generator seeded by
   ``(seed, epoch, utterance id)``: the same masks whatever the workers, ranks or batch mates.
@@ -237,9 +239,9 @@ def check_lifter(value: object, bins: int, name: str) -> None:
 def lifter_matrix(bins: int, keep: int) -> Tensor:
     """``(bins, bins)`` projection ``x @ P``: orthonormal DCT-II, zero every coefficient from
     ``keep`` on, inverse DCT. Low coefficients are the spectral envelope (formants); high ones
-    the fine structure, chiefly pitch harmonics, which differ most between voices. Summing
-    cepstra like this is the classic MFCC truncation, kept in the log-mel domain so the model's
-    input stays ``(T, bins)``."""
+    the fine structure, chiefly pitch harmonics, which differ most between voices. It is the
+    classic MFCC truncation, kept in the log-mel domain so the model's input stays
+    ``(T, bins)``."""
     n = torch.arange(bins, dtype=torch.float64)
     dct = torch.cos(math.pi / bins * (n[None, :] + 0.5) * n[:, None])  # (k, n)
     dct[0] *= math.sqrt(1.0 / bins)
@@ -273,7 +275,7 @@ class FeatureStats:
     def normalise(self, feats: Tensor) -> Tensor:
         """Normalise one utterance ``(frames, 80)`` (or any ``(..., frames, 80)`` of whole
         utterances): ``(feats - mean) / std``, the mean being the train one (``global``) or
-        the utterance's own (``utterance``)."""
+        the utterance's own (``utterance``); then the cepstral lifter, if any."""
         if self.normalisation == "utterance" and feats.shape[-2] > 0:
             feats = (feats - feats.mean(dim=-2, keepdim=True)) / self.std
         else:
