@@ -132,7 +132,7 @@ class DatasetConfig:
     stats_utterances: int = 500
     """Train utterances (evenly spaced) the normalisation statistics are computed on."""
     seed: int = 0
-    """Seed of the batch shuffle and of SpecAugment (with the epoch)."""
+    """Seed of the batch shuffle, the perturbation and SpecAugment (with the epoch)."""
     normalisation: str = "global"
     """``global``: subtract the train mean per bin; ``utterance``: each utterance's own mean
     (removes a voice's level and spectral tilt); both divide by the train std. Stored with the
