@@ -16,13 +16,13 @@ Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
+from lowbit_asr.data.corpus import MANIFEST, CorpusManifest
 from lowbit_asr.data.datamodule import Example, collate
 from lowbit_asr.data.features import LogMel
 from lowbit_asr.data.librispeech import read_split
@@ -63,10 +63,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     module, tokenizer, stats = restore(read_checkpoint(args.checkpoint))
-    manifest = Path(args.corpus) / "manifest.json"
-    if not manifest.is_file():
-        raise SystemExit(f"{manifest}: not a generated corpus (no manifest with voices)")
-    speakers = json.loads(manifest.read_text())["speakers"]
+    if not (Path(args.corpus) / MANIFEST).is_file():
+        raise SystemExit(f"{args.corpus}: not a generated corpus (no {MANIFEST} with voices)")
+    speakers = CorpusManifest.load(Path(args.corpus)).speakers
 
     def texts(split: str) -> list[str]:
         utterances = read_split(args.corpus, split).utterances

@@ -17,12 +17,12 @@ voice improves a lot at ``a < 1``, its formants sit above anything the model lea
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+from lowbit_asr.data.corpus import MANIFEST, CorpusManifest
 from lowbit_asr.data.datamodule import AsrDataModule, AsrDataset, DatasetConfig
 from lowbit_asr.data.perturb import Perturb, PerturbConfig
 from lowbit_asr.train.checkpoint import read_checkpoint, restore
@@ -43,10 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     module, tokenizer, stats = restore(read_checkpoint(args.checkpoint))
-    manifest = Path(args.corpus) / "manifest.json"
-    if not manifest.is_file():
-        raise SystemExit(f"{manifest}: not a generated corpus (no manifest with voices)")
-    speakers = json.loads(manifest.read_text())["speakers"]
+    if not (Path(args.corpus) / MANIFEST).is_file():
+        raise SystemExit(f"{args.corpus}: not a generated corpus (no {MANIFEST} with voices)")
+    speakers = CorpusManifest.load(Path(args.corpus)).speakers
     data = AsrDataModule(DatasetConfig(root=args.corpus, precompute_features=True),
                          tokenizer=tokenizer, stats=stats)
     print(f"checkpoint {args.checkpoint}, greedy decoding, up to {args.utterances} utterances"

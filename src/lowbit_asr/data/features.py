@@ -284,8 +284,10 @@ class FeatureStats:
             feats = feats @ lifter_matrix(feats.shape[-1], self.lifter)
         return feats
 
-    def with_normalisation(self, normalisation: str, lifter: int = 0) -> FeatureStats:
-        """The same statistics applied the ``normalisation`` way, liftered to ``lifter``."""
+    def with_normalisation(self, normalisation: str, lifter: int | None = None) -> FeatureStats:
+        """The same statistics applied the ``normalisation`` way, liftered to ``lifter`` (None:
+        keep this one's)."""
+        lifter = self.lifter if lifter is None else lifter
         return FeatureStats(
             self.mean, self.std, self.utterances, self.frames, normalisation, lifter
         )
