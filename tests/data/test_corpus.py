@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -66,7 +67,32 @@ def test_split_sentences_skips_headings_and_keeps_abbreviations() -> None:
 
 def test_size_table_has_tiny_and_mini() -> None:
     assert {"tiny", "mini"} <= set(SIZES)
-    assert SIZES["mini"].train_minutes >= 120
+    assert SIZES["mini"].train_minutes + SIZES["mini"].train_minutes_after_test >= 120
+
+
+def test_train_after_test_grows_train_and_keeps_the_held_out_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = corpus.CorpusSize(
+        train_minutes=3.0, dev_minutes=1.0, test_minutes=1.0, chapter_sentences=(3, 5)
+    )
+    monkeypatch.setitem(SIZES, "base", base)
+    monkeypatch.setitem(SIZES, "grown", dataclasses.replace(base, train_minutes_after_test=6.0))
+    small, grown = corpus.plan_corpus("base", 3), corpus.plan_corpus("grown", 3)
+    # The smaller plan is a prefix of the grown one: same train start, same dev and test.
+    assert grown.chapters[: len(small.chapters)] == small.chapters
+    extra = grown.chapters[len(small.chapters) :]
+    assert extra and {c.split for c in extra} == {"train"}
+    seconds = sum(corpus._estimated_seconds(c.voice, c.sentences) for c in extra)
+    assert 6.0 * 60 <= seconds < 6.0 * 60 + 60  # stops at the first chapter past the target
+    # New speakers, new chapters, new sentences; still only training voices and books.
+    ids = [c.speaker for c in small.chapters]
+    assert all(c.speaker > max(ids) for c in extra)
+    read = {(c.source, c.first_sentence) for c in small.chapters}
+    assert not read & {(c.source, c.first_sentence) for c in extra}
+    assert {c.source for c in extra} <= set(corpus.TRAIN_BOOKS)
+    heldout = {(c.voice.engine, c.voice.voice) for c in small.chapters if c.split != "train"}
+    assert not heldout & {(c.voice.engine, c.voice.voice) for c in extra}
 
 
 # ---------------------------------------------------------------- corruption (no engines)
