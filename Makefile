@@ -52,7 +52,7 @@ benchmark: install ## Print the QAT-overhead table
 
 CORPUS_SIZE ?= mini
 CORPUS_SEED ?= 0
-data: install ## Generate the embedded TTS corpus (CORPUS_SIZE=mini|tiny, CORPUS_SEED=0) in data/
+data: install ## Generate the embedded TTS corpus (CORPUS_SIZE=mini|small|tiny, CORPUS_SEED=0) in data/
 	$(VENV)/bin/lowbit-asr corpus --size $(CORPUS_SIZE) --seed $(CORPUS_SEED) --out data/embedded-$(CORPUS_SIZE)
 
 DATASET ?= embedded_mini

@@ -258,3 +258,12 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 def _speakers(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+
+
+def test_size_spec_of_sizes_without_train_after_test_is_the_old_record() -> None:
+    # Corpora made before train_minutes_after_test existed must keep their identity.
+    old_fields = {
+        "train_minutes", "dev_minutes", "test_minutes", "chapter_sentences", "chapters_per_speaker"
+    }
+    assert set(corpus.size_spec("mini")) == old_fields
+    assert corpus.size_spec("small")["train_minutes_after_test"] == 720.0

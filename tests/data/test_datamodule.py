@@ -97,7 +97,9 @@ def test_config_accepts_a_single_train_split() -> None:
     ]  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["embedded_tiny", "embedded_mini", "embedded_small", "librispeech"])
+@pytest.mark.parametrize(
+    "name", ["embedded_tiny", "embedded_mini", "embedded_small", "librispeech"]
+)
 def test_shipped_configs_build(name: str) -> None:
     yaml = OmegaConf.load(CONF / f"{name}.yaml")
     if name == "librispeech":

@@ -43,9 +43,13 @@ def test_reproduce_runs_every_stage_then_skips_them(tiny_corpus, tmp_path):
     packed = json.loads((out / "grid" / "int2_asym" / "packed.json").read_text())
     assert packed["wer_equal"] is True
     logged = json.loads((out / "grid" / "int2_asym" / "results.json").read_text())["wer"]
-    assert packed["packed_wer"].keys() == logged.keys()
-    # The logged WER went through float32; the packed file's is exact: the same error count.
-    assert all(abs(packed["packed_wer"][s] - w) < 1e-6 for s, w in logged.items())
+    assert packed["packed_wer"].keys() == packed["fake_quant_wer"].keys() == logged.keys()
+    # The same evaluation of the packed file and of its fake-quant checkpoint: the same errors.
+    evals = [json.loads((out / "grid/int2_asym" / f).read_text())["splits"]
+             for f in ("packed_eval.json", "fake_quant_eval.json")]
+    assert evals[0].keys() == evals[1].keys()
+    assert all((evals[0][s]["errors"], evals[0][s]["words"]) ==
+               (evals[1][s]["errors"], evals[1][s]["words"]) for s in evals[0])
     text = results_md.read_text()
     assert text.startswith("# Results\n\nkept text\n")
     assert "## `make reproduce` on embedded_tiny" in text and "| `int2_asym` |" in text

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -63,20 +62,38 @@ def _train(args: list[str], run_dir: Path, log_path: Path) -> int:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def _same_wer(packed: dict[str, float], logged: dict[str, float]) -> bool:
-    """Whether two WERs per split count the same errors. The training row's WER went through
-    Lightning's float32 logging; one word more or less moves a WER by 1/words (>= 1e-5 for any
-    split under 100k words), so equal within float32 resolution means the same error count."""
-    return all(s in packed and math.isclose(packed[s], w, abs_tol=1e-6)
-               for s, w in logged.items())
+def _evaluate(checkpoint: str | Path, out: Path, common: list[str], log_path: Path) -> dict:
+    """``lowbit-asr evaluate`` of a checkpoint or packed file; its per-split results."""
+    command = [str(Path(sys.executable).parent / "lowbit-asr"), "evaluate",
+               f"checkpoint={checkpoint}", f"out={out}",
+               *[c for c in common if c.startswith("dataset")]]
+    with log_path.open("a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return json.loads(out.read_text())["splits"]
+
+
+def _same_errors(packed: dict[str, dict], fake_quant: dict[str, dict]) -> bool:
+    """Whether two evaluations count the same word errors of the same words on every split."""
+    return packed.keys() == fake_quant.keys() and all(
+        (packed[s]["errors"], packed[s]["words"]) == (r["errors"], r["words"])
+        for s, r in fake_quant.items())
 
 
 def _pack(point: Path, row: dict, evaluate: bool, common: list[str], log_path: Path) -> dict:
-    """Export a finished grid point to ``model.lbq`` (and evaluate it): its ``packed.json``."""
+    """Export a finished grid point to ``model.lbq`` (and evaluate it): its ``packed.json``.
+
+    With ``evaluate``, the packed file and the fake-quant checkpoint it came from are both run
+    through ``lowbit-asr evaluate`` with the same data and batches, and must count the same
+    errors. (The WER logged at the end of training is not the reference: Lightning's test loop
+    batches as the experiment's dataset config says, and another batching changes float
+    rounding in the encoder, which can flip a word or two of greedy search.)
+    """
     path = point / PACKED_FILE
     if path.is_file():
         done = json.loads(path.read_text())
-        if "packed_wer" in done or not evaluate:
+        if "fake_quant_wer" in done or not evaluate:
             return done
     ckpt = row.get("best_checkpoint") or str(point / "checkpoints" / "last.ckpt")
     lbq = point / "model.lbq"
@@ -85,17 +102,11 @@ def _pack(point: Path, row: dict, evaluate: bool, common: list[str], log_path: P
               "accounted_bytes": report.accounted_bytes, "ratio": report.ratio,
               "header_bytes": report.header_bytes}
     if evaluate:
-        out = point / "packed_eval.json"
-        command = [str(Path(sys.executable).parent / "lowbit-asr"), "evaluate",
-                   f"checkpoint={lbq}", f"out={out}",
-                   *[c for c in common if c.startswith("dataset")]]
-        with log_path.open("a") as log:
-            log.write(f"\n$ {' '.join(command)}\n")
-            log.flush()
-            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
-        splits = json.loads(out.read_text())["splits"]
-        packed["packed_wer"] = {s: r["wer"] for s, r in splits.items()}
-        packed["wer_equal"] = _same_wer(packed["packed_wer"], row["wer"])
+        fake_quant = _evaluate(ckpt, point / "fake_quant_eval.json", common, log_path)
+        from_file = _evaluate(lbq, point / "packed_eval.json", common, log_path)
+        packed["fake_quant_wer"] = {s: r["wer"] for s, r in fake_quant.items()}
+        packed["packed_wer"] = {s: r["wer"] for s, r in from_file.items()}
+        packed["wer_equal"] = _same_errors(from_file, fake_quant)
     path.write_text(json.dumps(packed, indent=1))
     return packed
 
@@ -135,8 +146,8 @@ def write_results_section(results_md: Path, dataset: str, out: Path, command: st
         "",
         f"![size vs WER]({plot.relative_to(results_md.parent).as_posix()})",
         "",
-        "Packed files (`lowbit-asr export`; the packed WER from `lowbit-asr evaluate` on the"
-        " `.lbq` file):",
+        "Packed files (`lowbit-asr export`; for the evaluated ones, `lowbit-asr evaluate` on the"
+        " `.lbq` file and on the fake-quant checkpoint it came from, with the same batches):",
         "",
         packed_table(out),
         mark,
