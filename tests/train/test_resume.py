@@ -78,3 +78,22 @@ def test_sigkill_mid_epoch_then_same_command_resumes_identically(tiny_corpus, tm
     assert row_a["wer"] == row_b["wer"] and row_b["steps"] == 9
     log = (killed / "train.log").read_text()
     assert "resuming from" in log
+
+
+def test_last_checkpoint_is_the_last_validation_even_without_improvement(tiny_corpus, tmp_path):
+    # A learning rate of 1e-12 leaves the dev WER where it was, so best.ckpt stays at the first
+    # validation; last.ckpt, which a killed run resumes from, must still follow every validation.
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [LOWBIT_ASR, "train", *_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL,
+         "logger=csv", "trainer.max_steps=4", "trainer.val_check_interval=2",
+         "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "optim.lr=1e-12",
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = {name: torch.load(run_dir / "checkpoints" / f"{name}.ckpt", map_location="cpu",
+                              weights_only=True)["global_step"] for name in ("best", "last")}
+    assert steps == {"best": 2, "last": 4}
+    assert json.loads((run_dir / "results.json").read_text())["best_checkpoint"].endswith(
+        "best.ckpt")

@@ -97,13 +97,20 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/wer", mode="min",
-        save_last=True, auto_insert_metric_name=False,
+        auto_insert_metric_name=False,
+    )
+    # last.ckpt at every validation, improved or not: what a killed run resumes from. (Lightning's
+    # own save_last writes it only when the monitored checkpoint was written, i.e. when val/wer
+    # improved, so a resumed run would redo every step since the last improvement.)
+    last_checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+        enable_version_counter=False,
     )
     loggers = build_loggers(cfg, run_dir, plain)
     trainer = L.Trainer(
         **cfg.trainer.lightning_kwargs(), default_root_dir=str(run_dir),
         logger=loggers or False,
-        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step")],
+        callbacks=[checkpoints, last_checkpoint, LearningRateMonitor(logging_interval="step")],
     )
     # Same command, same run directory => resume where a killed run stopped.
     last = run_dir / "checkpoints" / "last.ckpt"
