@@ -95,6 +95,32 @@ def test_train_after_test_grows_train_and_keeps_the_held_out_plan(
     assert not heldout & {(c.voice.engine, c.voice.voice) for c in extra}
 
 
+def test_noisy_train_copies_draw_their_own_stream_and_leave_the_plan_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = corpus.CorpusSize(
+        train_minutes=4.0, dev_minutes=1.0, test_minutes=1.0, chapter_sentences=(3, 5)
+    )
+    monkeypatch.setitem(SIZES, "base", base)
+    monkeypatch.setitem(SIZES, "noisy", dataclasses.replace(base, noisy_train_every=2))
+    clean, noisy = corpus.plan_corpus("base", 3), corpus.plan_corpus("noisy", 3)
+    # Everything but the noisy seeds is the plan without them.
+    assert [dataclasses.replace(c, noisy_seeds=()) for c in noisy.chapters] == list(clean.chapters)
+    train = [c for c in noisy.chapters if c.split == "train"]
+    assert len(train) >= 4
+    for k, c in enumerate(train):
+        assert len(c.noisy_seeds) == (len(c.sentences) if k % 2 == 0 else 0)
+    assert not any(c.noisy_seeds for c in noisy.chapters if c.split != "train")
+    seeds = [s for c in train for s in c.noisy_seeds]
+    test_seeds = {s for c in noisy.chapters for s in c.corruption_seeds}
+    assert len(set(seeds)) == len(seeds) and not set(seeds) & test_seeds
+    # The copy lives under its own chapter id: no utterance id repeats one of train's.
+    copies = {cp[0]: cp[1] for cp in train[0].copies()}
+    assert copies == {"train": train[0].chapter,
+                      "train-noisy": train[0].chapter + corpus.NOISY_CHAPTER_OFFSET}
+    assert corpus.plan_corpus("noisy", 4).chapters != noisy.chapters
+
+
 # ---------------------------------------------------------------- corruption (no engines)
 
 
@@ -129,8 +155,8 @@ def test_tiny_differs_for_another_seed(tiny_corpus: CorpusManifest, tmp_path: Pa
 
 def test_tiny_has_librispeech_layout(tiny_corpus: CorpusManifest) -> None:
     root = tiny_corpus.root
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(corpus.SPLITS)
-    for split in corpus.SPLITS:
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(corpus.ALL_SPLITS)
+    for split in corpus.ALL_SPLITS:
         chapters = [p for p in (root / split).glob("*/*") if p.is_dir()]
         assert chapters, split
         for chapter_dir in chapters:
@@ -152,8 +178,8 @@ def test_tiny_has_librispeech_layout(tiny_corpus: CorpusManifest) -> None:
                 info = sf.info(str(chapter_dir / name))
                 assert (info.samplerate, info.channels) == (16000, 1)
                 assert (info.format, info.subtype) == ("FLAC", "PCM_16")
-    total = sum(s.seconds for s in tiny_corpus.splits.values())
-    assert 120 <= total <= 240, total  # 2-4 minutes over all splits
+    total = sum(tiny_corpus.splits[s].seconds for s in corpus.SPLITS)
+    assert 120 <= total <= 240, total  # 2-4 minutes over the four splits (+ train-noisy)
 
 
 def test_tiny_test_voices_and_books_are_unseen_in_train(tiny_corpus: CorpusManifest) -> None:
@@ -185,7 +211,37 @@ def test_tiny_test_other_is_test_clean_corrupted(tiny_corpus: CorpusManifest) ->
         else:
             assert sf.info(str(a)).frames == sf.info(str(b)).frames
             assert a.read_bytes() != b.read_bytes()
-    assert set(tiny_corpus.corruptions) == {p.stem for p in clean if p.suffix == ".flac"}
+    noisy = {p.stem for p in (root / "train-noisy").rglob("*.flac")}
+    assert set(tiny_corpus.corruptions) == {p.stem for p in clean if p.suffix == ".flac"} | noisy
+
+
+def test_tiny_train_noisy_is_every_second_train_chapter_corrupted(
+    tiny_corpus: CorpusManifest,
+) -> None:
+    root = tiny_corpus.root
+    train = sorted((root / "train").glob("*/*"))
+    noisy = sorted((root / "train-noisy").glob("*/*"))
+    assert noisy and len(noisy) == (len(train) + 1) // 2
+    offset = corpus.NOISY_CHAPTER_OFFSET
+    for chapter_dir in noisy:
+        speaker, chapter = chapter_dir.parent.name, int(chapter_dir.name)
+        source = root / "train" / speaker / str(chapter - offset)  # same reader, same sentences
+        assert source in train[::2]
+        clean_lines = (source / f"{speaker}-{chapter - offset}.trans.txt").read_text().splitlines()
+        noisy_lines = (chapter_dir / f"{speaker}-{chapter}.trans.txt").read_text().splitlines()
+        assert [line.split(" ", 1)[1] for line in noisy_lines] == [
+            line.split(" ", 1)[1] for line in clean_lines
+        ]
+        for line in noisy_lines:
+            uid = line.split(" ", 1)[0]
+            clean_uid = f"{speaker}-{chapter - offset}-{uid.rsplit('-', 1)[1]}"
+            a, b = sf.read(source / f"{clean_uid}.flac")[0], sf.read(chapter_dir / f"{uid}.flac")[0]
+            assert a.shape == b.shape and not np.array_equal(a, b)
+            assert uid in tiny_corpus.corruptions
+        assert tiny_corpus.chapters[str(chapter)]["copy_of"] == chapter - offset
+    noisy_ids = {p.stem for p in (root / "train-noisy").rglob("*.flac")}
+    assert not noisy_ids & {p.stem for p in (root / "train").rglob("*.flac")}
+    assert tiny_corpus.splits["train-noisy"].utterances == len(noisy_ids)
 
 
 def test_tiny_manifest_records_the_run(tiny_corpus: CorpusManifest) -> None:
@@ -239,6 +295,24 @@ def test_interrupted_run_resumes_to_the_same_bytes(
     assert tree_hashes(root) == tree_hashes(tiny_corpus.root)
 
 
+def test_a_corpus_made_before_train_noisy_is_completed_in_place(
+    tiny_corpus: CorpusManifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "corpus"
+    with monkeypatch.context() as patch:
+        patch.setitem(SIZES, "tiny", dataclasses.replace(SIZES["tiny"], noisy_train_every=0))
+        older = generate_corpus(root, size="tiny", seed=0)
+    assert "train-noisy" not in older.splits and not (root / "train-noisy").exists()
+    # The clean splits were already the current plan's, byte for byte.
+    current = tree_hashes(tiny_corpus.root)
+    assert all(current[p] == h for p, h in tree_hashes(root).items() if p != MANIFEST)
+    stray = root / "train-noisy" / "91000" / "910000" / "stray.flac"  # not this plan's
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"x")
+    generate_corpus(root, size="tiny", seed=0)
+    assert tree_hashes(root) == current
+
+
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         corpus.main(["--help"])
@@ -260,10 +334,18 @@ def _speakers(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
 
 
-def test_size_spec_of_sizes_without_train_after_test_is_the_old_record() -> None:
-    # Corpora made before train_minutes_after_test existed must keep their identity.
+def test_size_spec_leaves_out_the_fields_a_size_does_not_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Corpora made before train_minutes_after_test and noisy_train_every existed keep their
+    # identity: a size that uses neither records the fields it always had.
     old_fields = {
         "train_minutes", "dev_minutes", "test_minutes", "chapter_sentences", "chapters_per_speaker"
     }
-    assert set(corpus.size_spec("mini")) == old_fields
+    plain = corpus.CorpusSize(
+        train_minutes=3.0, dev_minutes=1.0, test_minutes=1.0, chapter_sentences=(3, 5)
+    )
+    monkeypatch.setitem(SIZES, "plain", plain)
+    assert set(corpus.size_spec("plain")) == old_fields
     assert corpus.size_spec("small")["train_minutes_after_test"] == 720.0
+    assert corpus.size_spec("tiny")["noisy_train_every"] == 2

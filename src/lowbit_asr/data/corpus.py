@@ -9,7 +9,10 @@ Layout (as LibriSpeech's)::
 Splits: ``train`` (Emma, Mansfield Park, Pride and Prejudice, Sense and Sensibility, training
 voices), ``dev`` and ``test-clean`` (Persuasion, Northanger Abbey and Harvard sentences, read by
 voices never used in training), ``test-other`` (the ``test-clean`` utterances, same ids,
-reverberated and with noise at 5-20 dB SNR).
+reverberated and with noise at 5-20 dB SNR), and for sizes that ask for it ``train-noisy``
+(every n-th train chapter through the same recipe with its own rooms and noises, under chapter
+ids offset by ``NOISY_CHAPTER_OFFSET``: train on ``[train, train-noisy]`` to learn the noisy
+condition that ``test-other`` measures).
 
 Determinism: :func:`plan_corpus` draws every choice (voices, chapters, corruption seeds) from one
 generator seeded by ``seed`` before any parallel work starts; workers only execute the plan, so
@@ -30,7 +33,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -49,6 +52,14 @@ MANIFEST = "manifest.json"
 # Present while a generation is under way; names the plan so that a rerun can resume it.
 IN_PROGRESS = ".generating.json"
 SPLITS = ("train", "dev", "test-clean", "test-other")
+NOISY_SPLIT = "train-noisy"
+ALL_SPLITS = (*SPLITS, NOISY_SPLIT)
+# A noisy train chapter keeps its speaker (the same reader in another room) under this offset
+# to its chapter id, so that its utterance ids never repeat one of ``train``'s.
+NOISY_CHAPTER_OFFSET = 500_000
+# Second entropy word of the generator behind the noisy copies: they draw from their own stream,
+# so adding them to a size leaves every other draw of its plan (and every other file) unchanged.
+_NOISY_STREAM = 0x6E6F697379
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,16 +78,28 @@ class CorpusSize:
     #: more train audio, planned after dev and test-clean: growing train this way leaves the
     #: held-out splits byte-identical (the plan's earlier draws do not change)
     train_minutes_after_test: float = 0.0
+    #: every n-th train chapter is also written reverberant and noisy (the ``test-other``
+    #: recipe, its own draws) to ``train-noisy``; 0: no such split
+    noisy_train_every: int = 0
 
 
 SIZES: dict[str, CorpusSize] = {
     # For tests: ~3 min of audio over all splits, a handful of speakers, a few seconds to make.
     "tiny": CorpusSize(
-        train_minutes=1.2, dev_minutes=0.4, test_minutes=0.4, chapter_sentences=(3, 5)
+        train_minutes=1.2,
+        dev_minutes=0.4,
+        test_minutes=0.4,
+        chapter_sentences=(3, 5),
+        noisy_train_every=2,
     ),
-    # The default: ~3 h of train audio from 141 voices (short chapters: more voices).
+    # The default: ~3 h of train audio from 141 voices (short chapters: more voices), and half
+    # of its chapters again reverberant and noisy in train-noisy (1.6 h).
     "mini": CorpusSize(
-        train_minutes=180.0, dev_minutes=15.0, test_minutes=15.0, chapter_sentences=(10, 20)
+        train_minutes=180.0,
+        dev_minutes=15.0,
+        test_minutes=15.0,
+        chapter_sentences=(10, 20),
+        noisy_train_every=2,
     ),
     # mini's plan plus 12 h of train read by ~570 more speakers; dev and test are mini's, byte
     # for byte, so WERs compare across the two. For budgets that would memorise mini's 3 h.
@@ -86,6 +109,7 @@ SIZES: dict[str, CorpusSize] = {
         test_minutes=15.0,
         chapter_sentences=(10, 20),
         train_minutes_after_test=720.0,
+        noisy_train_every=2,
     ),
 }
 
@@ -93,12 +117,13 @@ SIZES: dict[str, CorpusSize] = {
 def size_spec(size: str) -> dict[str, object]:
     """``SIZES[size]`` as recorded in the manifest (part of a corpus's identity).
 
-    ``train_minutes_after_test`` is left out when 0, so that corpora made before it existed
-    still count as the same corpus (their plan is the same).
+    ``train_minutes_after_test`` and ``noisy_train_every`` are left out when 0, so that corpora
+    made before they existed still count as the same corpus (their plan is the same).
     """
     spec = asdict(SIZES[size])
-    if not spec["train_minutes_after_test"]:
-        del spec["train_minutes_after_test"]
+    for later_field in ("train_minutes_after_test", "noisy_train_every"):
+        if not spec[later_field]:
+            del spec[later_field]
     return spec
 
 
@@ -124,14 +149,25 @@ class Chapter:
     first_sentence: int  #: index of the first sentence in the source's usable sentences
     sentences: tuple[texts.Sentence, ...]  #: what is read, in order
     corruption_seeds: tuple[int, ...] = ()  #: per utterance, for the test-other copy
+    noisy_seeds: tuple[int, ...] = ()  #: per utterance, for the train-noisy copy
 
-    def utterance_id(self, i: int) -> str:
+    def copies(self) -> tuple[tuple[str, int, tuple[int, ...]], ...]:
+        """``(split, chapter id, corruption seeds)`` of every copy written; seeds () = clean."""
+        out = [(self.split, self.chapter, ())]
+        if self.corruption_seeds:
+            out.append(("test-other", self.chapter, self.corruption_seeds))
+        if self.noisy_seeds:
+            out.append((NOISY_SPLIT, self.chapter + NOISY_CHAPTER_OFFSET, self.noisy_seeds))
+        return tuple(out)
+
+    def utterance_id(self, i: int, chapter: int | None = None) -> str:
         """LibriSpeech id of the i-th utterance: ``<speaker>-<chapter>-<i:04d>``."""
-        return f"{self.speaker}-{self.chapter}-{i:04d}"
+        return f"{self.speaker}-{self.chapter if chapter is None else chapter}-{i:04d}"
 
-    def directory(self, root: Path, split: str | None = None) -> Path:
+    def directory(self, root: Path, split: str | None = None, chapter: int | None = None) -> Path:
         """``<root>/<split>/<speaker>/<chapter>``."""
-        return root / (split or self.split) / str(self.speaker) / str(self.chapter)
+        chapter = self.chapter if chapter is None else chapter
+        return root / (split or self.split) / str(self.speaker) / str(chapter)
 
 
 @dataclass(frozen=True)
@@ -211,6 +247,13 @@ def plan_corpus(size: str, seed: int) -> CorpusPlan:
                 planned += _estimated_seconds(voice, sentences)
                 chapter_id += 1
             speaker_id += 1
+    if spec.noisy_train_every:
+        noisy_rng = np.random.default_rng([seed, _NOISY_STREAM])
+        train = [i for i, c in enumerate(chapters) if c.split == "train"]
+        for i in train[:: spec.noisy_train_every]:
+            n = len(chapters[i].sentences)
+            seeds = tuple(int(s) for s in noisy_rng.integers(0, 2**63 - 1, n))
+            chapters[i] = replace(chapters[i], noisy_seeds=seeds)
     return CorpusPlan(size=size, seed=seed, chapters=tuple(chapters))
 
 
@@ -243,7 +286,8 @@ class CorpusManifest:
     splits: dict[str, SplitSummary]  #: per split counts
     speakers: dict[str, dict[str, object]]  #: speaker id -> split and Voice settings
     chapters: dict[str, dict[str, object]]  #: chapter id -> speaker, source, first sentence
-    corruptions: dict[str, dict[str, float]]  #: test-other utterance id -> room/noise draws
+    #: test-other and train-noisy utterance id -> room/noise draws
+    corruptions: dict[str, dict[str, float]]
     megabytes: float  #: size of the audio and transcripts on disk
     root: Path = field(default=Path("."), compare=False)  #: where it was read from (not saved)
 
@@ -316,7 +360,7 @@ def _to_int16(audio: np.ndarray) -> np.ndarray:
 
 
 def _write_chapter(chapter: Chapter, root: Path, tmp: Path) -> dict[str, list[int]]:
-    """Synthesise and write one chapter (and its test-other copy); returns samples per split.
+    """Synthesise and write one chapter (and its corrupted copies); returns samples per split.
 
     The transcript is written last and atomically: its presence marks the chapter complete,
     which is what a resumed run checks.
@@ -325,20 +369,15 @@ def _write_chapter(chapter: Chapter, root: Path, tmp: Path) -> dict[str, list[in
     if done is not None:
         return done
     audio = synthesize(chapter.voice, [s.spoken for s in chapter.sentences], tmp)
-    lengths: dict[str, list[int]] = {chapter.split: [a.size for a in audio]}
-    copies = [(chapter.split, audio)]
-    if chapter.corruption_seeds:
-        other = [
-            corrupt(a, seed)[0] for a, seed in zip(audio, chapter.corruption_seeds, strict=True)
-        ]
-        copies.append(("test-other", other))
-        lengths["test-other"] = [a.size for a in other]
-    for split, clips in copies:
-        directory = chapter.directory(root, split)
+    lengths: dict[str, list[int]] = {}
+    for split, chapter_id, seeds in chapter.copies():
+        clips = [corrupt(a, s)[0] for a, s in zip(audio, seeds, strict=True)] if seeds else audio
+        lengths[split] = [a.size for a in clips]
+        directory = chapter.directory(root, split, chapter_id)
         directory.mkdir(parents=True, exist_ok=True)
         lines = []
         for i, (clip, sentence) in enumerate(zip(clips, chapter.sentences, strict=True)):
-            uid = chapter.utterance_id(i)
+            uid = chapter.utterance_id(i, chapter_id)
             sf.write(
                 directory / f"{uid}.flac",
                 _to_int16(clip),
@@ -347,7 +386,7 @@ def _write_chapter(chapter: Chapter, root: Path, tmp: Path) -> dict[str, list[in
                 subtype="PCM_16",
             )
             lines.append(f"{uid} {sentence.text}\n")
-        trans = directory / f"{chapter.speaker}-{chapter.chapter}.trans.txt"
+        trans = directory / f"{chapter.speaker}-{chapter_id}.trans.txt"
         partial = trans.with_suffix(".partial")
         partial.write_text("".join(lines))
         os.replace(partial, trans)
@@ -356,14 +395,13 @@ def _write_chapter(chapter: Chapter, root: Path, tmp: Path) -> dict[str, list[in
 
 def _completed_samples(chapter: Chapter, root: Path) -> dict[str, list[int]] | None:
     """Sample counts of a chapter a previous (interrupted) run finished, else None."""
-    splits = [chapter.split] + (["test-other"] if chapter.corruption_seeds else [])
     lengths: dict[str, list[int]] = {}
-    for split in splits:
-        directory = chapter.directory(root, split)
-        if not (directory / f"{chapter.speaker}-{chapter.chapter}.trans.txt").exists():
+    for split, chapter_id, _ in chapter.copies():
+        directory = chapter.directory(root, split, chapter_id)
+        if not (directory / f"{chapter.speaker}-{chapter_id}.trans.txt").exists():
             return None
         lengths[split] = [
-            sf.info(str(directory / f"{chapter.utterance_id(i)}.flac")).frames
+            sf.info(str(directory / f"{chapter.utterance_id(i, chapter_id)}.flac")).frames
             for i in range(len(chapter.sentences))
         ]
     return lengths
@@ -373,8 +411,10 @@ def _summarise(
     plan: CorpusPlan, lengths: list[dict[str, list[int]]], root: Path, engines: dict[str, str]
 ) -> CorpusManifest:
     splits: dict[str, SplitSummary] = {}
-    for split in SPLITS:
+    for split in ALL_SPLITS:
         rows = [(c, n[split]) for c, n in zip(plan.chapters, lengths, strict=True) if split in n]
+        if split == NOISY_SPLIT and not rows:
+            continue  # sizes without it record the four splits they always had
         seconds = sum(sum(n) for _, n in rows) / SAMPLE_RATE
         splits[split] = SplitSummary(
             utterances=sum(len(n) for _, n in rows),
@@ -395,13 +435,25 @@ def _summarise(
         }
         for c in plan.chapters
     }
+    for c in plan.chapters:
+        if c.noisy_seeds:
+            chapters[str(c.chapter + NOISY_CHAPTER_OFFSET)] = {
+                **chapters[str(c.chapter)],
+                "split": NOISY_SPLIT,
+                "copy_of": c.chapter,
+            }
     corruptions: dict[str, dict[str, float]] = {}
     for c in plan.chapters:
-        for i, seed in enumerate(c.corruption_seeds):
-            # Redraw the settings (cheap) rather than carry them back from the workers.
-            draw = draw_corruption(np.random.default_rng(seed))
-            corruptions[c.utterance_id(i)] = {k: round(v, 3) for k, v in asdict(draw).items()}
-    size_bytes = sum(p.stat().st_size for s in SPLITS for p in (root / s).rglob("*") if p.is_file())
+        for _, chapter_id, seeds in c.copies():
+            for i, seed in enumerate(seeds):
+                # Redraw the settings (cheap) rather than carry them back from the workers.
+                draw = draw_corruption(np.random.default_rng(seed))
+                corruptions[c.utterance_id(i, chapter_id)] = {
+                    k: round(v, 3) for k, v in asdict(draw).items()
+                }
+    size_bytes = sum(
+        p.stat().st_size for s in ALL_SPLITS for p in (root / s).rglob("*") if p.is_file()
+    )
     return CorpusManifest(
         format=FORMAT,
         seed=plan.seed,
@@ -424,8 +476,9 @@ def generate_corpus(
     """Generate (or find already generated) the corpus ``size`` for ``seed`` under ``out_dir``.
 
     If ``out_dir/manifest.json`` records the same seed, size and engine versions, nothing is done.
-    An interrupted run with the same settings is resumed chapter by chapter. A different corpus
-    in ``out_dir`` is an error unless ``overwrite``, which deletes its splits first.
+    An interrupted run with the same settings is resumed chapter by chapter, and the same corpus
+    made before its size gained ``train-noisy`` is completed in place. A different corpus in
+    ``out_dir`` is an error unless ``overwrite``, which deletes its splits first.
     """
     if size not in SIZES:
         raise ValueError(f"unknown corpus size {size!r}; known: {', '.join(SIZES)}")
@@ -441,6 +494,7 @@ def generate_corpus(
     # JSON round trip so tuples compare equal to the lists read back from disk.
     wanted = json.loads(json.dumps(wanted))
     stamp = out_dir / IN_PROGRESS
+    completing = False
     if (out_dir / MANIFEST).exists():
         existing = CorpusManifest.load(out_dir)
         if existing.identity() == wanted:
@@ -450,13 +504,19 @@ def generate_corpus(
             return existing
         differs = [k for k, v in wanted.items() if existing.identity().get(k) != v]
         found = f"another corpus (its {', '.join(differs)} differ)"
+        completing = _lacks_only_train_noisy(existing.identity(), wanted)
+        if completing:
+            # Made before this size had train-noisy: the clean files are this plan's already;
+            # completing it in place writes the noisy copies (and rewrites their sources).
+            found = ""
+            log.info("%s holds the %s corpus without train-noisy: adding it", out_dir, size)
     elif stamp.exists():
         found = (
             ""
             if json.loads(stamp.read_text()) == wanted
             else "an interrupted run of another corpus"
         )
-    elif any((out_dir / split).exists() for split in SPLITS):
+    elif any((out_dir / split).exists() for split in ALL_SPLITS):
         found = "split folders but no manifest.json (not a corpus made here)"
     else:
         found = ""
@@ -467,9 +527,13 @@ def generate_corpus(
         )
     if found:
         log.info("%s holds %s: deleting its splits", out_dir, found)
-        for split in SPLITS:
+        for split in ALL_SPLITS:
             shutil.rmtree(out_dir / split, ignore_errors=True)
         (out_dir / MANIFEST).unlink(missing_ok=True)
+    elif completing:
+        # Whatever lies in train-noisy was not made by this plan (or by an interrupted completion,
+        # which is redone): start it afresh.
+        shutil.rmtree(out_dir / NOISY_SPLIT, ignore_errors=True)
     elif stamp.exists():
         log.info("resuming the interrupted run in %s", out_dir)
 
@@ -500,6 +564,15 @@ def generate_corpus(
     stamp.unlink()
     # Read back, so a fresh run returns exactly what a later no-op run will.
     return CorpusManifest.load(out_dir)
+
+
+def _lacks_only_train_noisy(existing: dict[str, object], wanted: dict[str, object]) -> bool:
+    """Whether ``existing`` is ``wanted``'s corpus made before its size gained train-noisy."""
+    spec = wanted["size_spec"]
+    if not isinstance(spec, dict) or not spec.get("noisy_train_every"):
+        return False
+    older = {**wanted, "size_spec": {k: v for k, v in spec.items() if k != "noisy_train_every"}}
+    return existing == older
 
 
 def _logged(results: Iterator[dict[str, list[int]]], total: int) -> Iterator[dict[str, list[int]]]:
@@ -553,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{'split':<11} {'utts':>6} {'speakers':>8} {'hours':>7}")
-    for name in SPLITS:
+    for name in (n for n in ALL_SPLITS if n in manifest.splits):
         s = manifest.splits[name]
         print(f"{name:<11} {s.utterances:>6} {s.speakers:>8} {s.hours:>7.3f}")
     print(f"{manifest.megabytes:.1f} MB in {args.out}; {time.perf_counter() - start:.1f} s wall")
