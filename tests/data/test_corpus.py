@@ -70,15 +70,22 @@ def test_size_table_has_tiny_and_mini() -> None:
     assert SIZES["mini"].train_minutes + SIZES["mini"].train_minutes_after_test >= 120
 
 
+def _plans(
+    monkeypatch: pytest.MonkeyPatch, train_minutes: float, **change: object
+) -> tuple[corpus.CorpusPlan, corpus.CorpusPlan]:
+    """Plans (seed 3) of a small size ``base`` and of ``changed``, the same size with ``change``."""
+    base = corpus.CorpusSize(
+        train_minutes=train_minutes, dev_minutes=1.0, test_minutes=1.0, chapter_sentences=(3, 5)
+    )
+    monkeypatch.setitem(SIZES, "base", base)
+    monkeypatch.setitem(SIZES, "changed", dataclasses.replace(base, **change))
+    return corpus.plan_corpus("base", 3), corpus.plan_corpus("changed", 3)
+
+
 def test_train_after_test_grows_train_and_keeps_the_held_out_plan(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    base = corpus.CorpusSize(
-        train_minutes=3.0, dev_minutes=1.0, test_minutes=1.0, chapter_sentences=(3, 5)
-    )
-    monkeypatch.setitem(SIZES, "base", base)
-    monkeypatch.setitem(SIZES, "grown", dataclasses.replace(base, train_minutes_after_test=6.0))
-    small, grown = corpus.plan_corpus("base", 3), corpus.plan_corpus("grown", 3)
+    small, grown = _plans(monkeypatch, 3.0, train_minutes_after_test=6.0)
     # The smaller plan is a prefix of the grown one: same train start, same dev and test.
     assert grown.chapters[: len(small.chapters)] == small.chapters
     extra = grown.chapters[len(small.chapters) :]
@@ -98,12 +105,7 @@ def test_train_after_test_grows_train_and_keeps_the_held_out_plan(
 def test_noisy_train_copies_draw_their_own_stream_and_leave_the_plan_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    base = corpus.CorpusSize(
-        train_minutes=4.0, dev_minutes=1.0, test_minutes=1.0, chapter_sentences=(3, 5)
-    )
-    monkeypatch.setitem(SIZES, "base", base)
-    monkeypatch.setitem(SIZES, "noisy", dataclasses.replace(base, noisy_train_every=2))
-    clean, noisy = corpus.plan_corpus("base", 3), corpus.plan_corpus("noisy", 3)
+    clean, noisy = _plans(monkeypatch, 4.0, noisy_train_every=2)
     # Everything but the noisy seeds is the plan without them.
     assert [dataclasses.replace(c, noisy_seeds=()) for c in noisy.chapters] == list(clean.chapters)
     train = [c for c in noisy.chapters if c.split == "train"]
@@ -118,7 +120,7 @@ def test_noisy_train_copies_draw_their_own_stream_and_leave_the_plan_alone(
     copies = {cp[0]: cp[1] for cp in train[0].copies()}
     assert copies == {"train": train[0].chapter,
                       "train-noisy": train[0].chapter + corpus.NOISY_CHAPTER_OFFSET}
-    assert corpus.plan_corpus("noisy", 4).chapters != noisy.chapters
+    assert corpus.plan_corpus("changed", 4).chapters != noisy.chapters
 
 
 # ---------------------------------------------------------------- corruption (no engines)
