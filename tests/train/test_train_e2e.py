@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+from lowbit_asr.train.scoring import load_evaluation
 
 LOWBIT_ASR = str(Path(sys.executable).parent / "lowbit-asr")
 # A 1-block model keeps each run to seconds on 2 cores.
@@ -54,18 +57,40 @@ def test_train_checkpoint_and_evaluate(tiny_corpus, tmp_path):
     # W&B ran offline (no network here): its run folder holds the synced-later history.
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
-    out = tmp_path / "eval.json"
-    proc = _run(["evaluate", f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}",
-                 *_dataset_args(tiny_corpus.root, tmp_path / "cache"), "splits=[dev,test-clean]",
+    # The test stage wrote the per-utterance files: trn pairs sclite reads, the table.
+    stage = load_evaluation(run_dir)
+    assert set(stage[1]) == {"test-clean", "test-other"}
+    for split in ("test-clean", "test-other"):
+        ref = (run_dir / "eval" / split / "ref.trn").read_text().splitlines()
+        assert len(ref) == tiny_corpus.splits[split].utterances
+        assert all(line.endswith(")") and " (" in f" {line}" for line in ref)
+    assert results["evaluation"] == "eval/evaluation.json"
+    assert results["wer"]["test-clean"] == stage[0]["splits"]["test-clean"]["wer"]
+    assert all(math.isfinite(s.nll) and s.nll > 0 and s.ref_tokens > 0
+               for s in stage[1]["test-clean"])
+
+    out = tmp_path / "eval"
+    best = run_dir / "checkpoints" / "best.ckpt"
+    proc = _run(["evaluate", f"checkpoint={best}",
+                 *_dataset_args(tiny_corpus.root, tmp_path / "cache"),
+                 "splits=[dev,test-clean]", "dataset.max_batch_seconds=20",
                  f"out={out}"], cwd=tmp_path)
-    evaluation = json.loads(out.read_text())
-    assert evaluation["quantizer"] == "int2_asym_g16"  # the checkpoint rebuilt its quantizer
-    assert {s: r["utterances"] for s, r in evaluation["splits"].items()} == {
+    summary, splits = load_evaluation(out)
+    assert summary["quantizer"] == "int2_asym_g16"  # the checkpoint rebuilt its quantizer
+    assert {s: r["utterances"] for s, r in summary["splits"].items()} == {
         "dev": tiny_corpus.splits["dev"].utterances,
         "test-clean": tiny_corpus.splits["test-clean"].utterances,
     }
-    assert all(r["wer"] >= 0 and r["rtf"] > 0 for r in evaluation["splits"].values())
+    for r in summary["splits"].values():
+        assert r["wer"] >= 0 and r["rtf"] > 0 and r["wer_ci"][0] <= r["wer"] <= r["wer_ci"][1]
     assert "| test-clean |" in proc.stdout
+    # One scoring path: evaluate (another training batch size) gives the test stage's
+    # utterances exactly, hypotheses, counts and NLL.
+    assert splits["test-clean"] == stage[1]["test-clean"]
+    # The output may not overwrite the model.
+    bad = _run(["evaluate", f"checkpoint={best}", f"out={best}",
+                *_dataset_args(tiny_corpus.root, tmp_path / "cache")], cwd=tmp_path, ok=False)
+    assert bad.returncode != 0 and "is the checkpoint itself" in bad.stderr
 
 
 def test_ddp_cpu_two_processes(tiny_corpus, tmp_path):

@@ -25,8 +25,10 @@ import time
 from pathlib import Path
 
 from lowbit_asr.packed import export_packed
-from lowbit_asr.train.frontier import write_frontier
+from lowbit_asr.train.frontier import display_name, log_frontier_to_wandb, write_frontier
 from lowbit_asr.train.results import RESULT_FILE, git_commit
+from lowbit_asr.train.scoring import UtteranceScore, load_evaluation, totals
+from lowbit_asr.train.significance import compare_split
 
 DEFAULT_GRID = (
     # "none" first: the float model fine-tuned with the grid's own schedule, the fair reference
@@ -62,8 +64,10 @@ def _train(args: list[str], run_dir: Path, log_path: Path) -> int:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def _evaluate(checkpoint: str | Path, out: Path, common: list[str], log_path: Path) -> dict:
-    """``lowbit-asr evaluate`` of a checkpoint or packed file; its per-split results."""
+def _evaluate(checkpoint: str | Path, out: Path, common: list[str], log_path: Path,
+              ) -> dict[str, list[UtteranceScore]]:
+    """``lowbit-asr evaluate`` of a checkpoint or packed file into the folder ``out``; its
+    per-utterance results per split."""
     command = [str(Path(sys.executable).parent / "lowbit-asr"), "evaluate",
                f"checkpoint={checkpoint}", f"out={out}",
                *[c for c in common if c.startswith("dataset")]]
@@ -71,29 +75,32 @@ def _evaluate(checkpoint: str | Path, out: Path, common: list[str], log_path: Pa
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
-    return json.loads(out.read_text())["splits"]
+    return load_evaluation(out)[1]
 
 
-def _same_errors(packed: dict[str, dict], fake_quant: dict[str, dict]) -> bool:
-    """Whether two evaluations count the same word errors of the same words on every split."""
-    return packed.keys() == fake_quant.keys() and all(
-        (packed[s]["errors"], packed[s]["words"]) == (r["errors"], r["words"])
-        for s, r in fake_quant.items())
+def _differences(packed: dict[str, list[UtteranceScore]],
+                 fake_quant: dict[str, list[UtteranceScore]]) -> dict[str, int]:
+    """Per split: utterances whose hypothesis differs between two evaluations (every
+    utterance of a split missing on one side counts)."""
+    out = {}
+    for split in sorted(set(packed) | set(fake_quant)):
+        a = {s.id: s.hypothesis for s in packed.get(split, [])}
+        b = {s.id: s.hypothesis for s in fake_quant.get(split, [])}
+        out[split] = sum(a.get(i) != b.get(i) for i in set(a) | set(b))
+    return out
 
 
 def _pack(point: Path, row: dict, evaluate: bool, common: list[str], log_path: Path) -> dict:
     """Export a finished grid point to ``model.lbq`` (and evaluate it): its ``packed.json``.
 
-    With ``evaluate``, the packed file and the fake-quant checkpoint it came from are both run
-    through ``lowbit-asr evaluate`` with the same data and batches, and must count the same
-    errors. (The WER logged at the end of training is not the reference: Lightning's test loop
-    batches as the experiment's dataset config says, and another batching changes float
-    rounding in the encoder, which can flip a word or two of greedy search.)
+    With ``evaluate``, the packed file goes through ``lowbit-asr evaluate`` and its
+    per-utterance hypotheses are compared with those of the run's own test stage
+    (``<point>/eval``: the same scoring, loaders and batches), utterance by utterance.
     """
     path = point / PACKED_FILE
     if path.is_file():
         done = json.loads(path.read_text())
-        if "fake_quant_wer" in done or not evaluate:
+        if "hypotheses_differ" in done or not evaluate:
             return done
     ckpt = row.get("best_checkpoint") or str(point / "checkpoints" / "last.ckpt")
     lbq = point / "model.lbq"
@@ -102,13 +109,20 @@ def _pack(point: Path, row: dict, evaluate: bool, common: list[str], log_path: P
               "accounted_bytes": report.accounted_bytes, "ratio": report.ratio,
               "header_bytes": report.header_bytes}
     if evaluate:
-        fake_quant = _evaluate(ckpt, point / "fake_quant_eval.json", common, log_path)
-        from_file = _evaluate(lbq, point / "packed_eval.json", common, log_path)
-        packed["fake_quant_wer"] = {s: r["wer"] for s, r in fake_quant.items()}
-        packed["packed_wer"] = {s: r["wer"] for s, r in from_file.items()}
-        packed["wer_equal"] = _same_errors(from_file, fake_quant)
+        fake_quant = load_evaluation(point)[1]  # the run's test stage: <point>/eval
+        from_file = _evaluate(lbq, point / "packed_eval", common, log_path)
+        packed["fake_quant_wer"] = {s: _wer(v) for s, v in fake_quant.items()}
+        packed["packed_wer"] = {s: _wer(v) for s, v in from_file.items()}
+        packed["hypotheses_differ"] = _differences(from_file, fake_quant)
+        packed["wer_equal"] = (packed["packed_wer"] == packed["fake_quant_wer"]
+                               and not any(packed["hypotheses_differ"].values()))
     path.write_text(json.dumps(packed, indent=1))
     return packed
+
+
+def _wer(scores: list[UtteranceScore]) -> float:
+    t = totals(scores)
+    return t["errors"] / max(t["words"], 1)
 
 
 def packed_table(out: Path) -> str:
@@ -120,9 +134,73 @@ def packed_table(out: Path) -> str:
         same = ("–" if "wer_equal" not in p else
                 ("yes (" if p["wer_equal"] else "**NO** (")
                 + ", ".join(f"{s} {100 * w:.2f}%" for s, w in p["packed_wer"].items()) + ")")
+        if "hypotheses_differ" in p:
+            same += "; utterances with another hypothesis: " + ", ".join(
+                f"{s} {n}" for s, n in p["hypotheses_differ"].items())
         lines.append(f"| `{path.parent.name}` | {p['accounted_bytes']:,} | {p['file_bytes']:,} |"
                      f" {p['ratio']:.4f} | {same} |")
     return "\n".join(lines)
+
+
+CLAIMS = (
+    # (question, A, B): B tested against A on every split (paired bootstrap + MAPSSWE).
+    ("Asymmetric better than symmetric at 2 bits?", "int2_sym", "int2_asym"),
+    ("Asymmetric better than symmetric at 4 bits?", "int4_sym", "int4_asym"),
+    ("Sub-channel (4 groups per row) better than per-channel at 2 bits, scales counted?",
+     "int2_asym", "int2_asym_sc4"),
+    ("Sub-channel (groups of 16) better than per-channel at 2 bits, scales counted?",
+     "int2_asym", "int2_asym_g16"),
+    ("Clip search better than min/max at 2 bits?", "int2_asym", "int2_asym_clipsearch"),
+    ("Mixed 2-bit FFN/attention + 4-bit rest against uniform 4 bits?", "int4_asym",
+     "mixed_int2_ffn_attn_int4_rest"),
+)
+"""The paper's qualitative claims, each answered by a paired test in the RESULTS section."""
+
+
+def _point_dir(points: list[dict], quantizer: str) -> dict | None:
+    grid = [p for p in points if p["quantizer"] == quantizer and "/grid/" in f"{p['path']}/"]
+    return grid[0] if grid else None
+
+
+def claims_text(out: Path) -> str:
+    """The answers to :data:`CLAIMS` and the int4/int2 "lossless" questions, from the tests."""
+    data = json.loads((out / "frontier.json").read_text())
+    points, splits = data["points"], data["splits"]
+    lines = ["| question | A → B | size B / A | " + " | ".join(
+        f"{s}: WER A → B %, ΔWER [95% CI], MAPSSWE p, verdict" for s in splits) + " |",
+        "|---|---|---:|" + "---|" * len(splits)]
+    for question, qa, qb in CLAIMS:
+        a, b = _point_dir(points, qa), _point_dir(points, qb)
+        if not a or not b:
+            lines.append(f"| {question} | `{qa}` → `{qb}` | – |" + " not run |" * len(splits))
+            continue
+        _, sa = load_evaluation(a["path"])
+        _, sb = load_evaluation(b["path"])
+        cells = []
+        for split in splits:
+            if split not in sa or split not in sb:
+                cells.append("–")
+                continue
+            c = compare_split(split, sa[split], sb[split])
+            lo, hi = c["delta_ci"]
+            cells.append(f"{100 * c['wer_a']:.2f} → {100 * c['wer_b']:.2f},"
+                         f" {100 * c['delta']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}],"
+                         f" p = {c['mapsswe_p']:.3g}, {c['verdict']}")
+        lines.append(f"| {question} | `{qa}` → `{qb}` | {b['size_bytes'] / a['size_bytes']:.2f} |"
+                     f" " + " | ".join(cells) + " |")
+    verdicts = []
+    for item in points:
+        if item["reference"] or item["lossless"] is None:
+            continue
+        verdicts.append(f"`{display_name(item, points)}` "
+                        + ("lossless" if item["lossless"] else "**not lossless**")
+                        + ("" if not item["within3"] else " (within +3%)"))
+    return "\n".join([
+        "Paired tests of the paper's claims (B against A; verdict by MAPSSWE at α = 0.05,"
+        " uncorrected — one test per question):", "", *lines, "",
+        "Lossless against the reference float point (Holm-corrected over the grid, every"
+        " split): " + ("; ".join(verdicts) or "no point has per-utterance results") + ".",
+    ])
 
 
 def write_results_section(results_md: Path, dataset: str, out: Path, command: str) -> None:
@@ -143,6 +221,8 @@ def write_results_section(results_md: Path, dataset: str, out: Path, command: st
         f" Files: `{out}/frontier.csv`, `{out}/frontier.md`.",
         "",
         table,
+        "",
+        claims_text(out),
         "",
         f"![size vs WER]({plot.relative_to(results_md.parent).as_posix()})",
         "",
@@ -178,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for train")
     parser.add_argument("--packed-eval", nargs="*", default=list(PACKED_EVAL),
                         help="grid points whose packed file is also evaluated")
+    parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
+                        help="W&B mode of the frontier run (offline: files under --out/wandb)")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / "reproduce" / args.dataset
     out.mkdir(parents=True, exist_ok=True)
@@ -236,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
 
     say("stage 4/4: frontier and RESULTS.md")
     paths = write_frontier(out)
+    try:  # W&B (offline by default) is a copy of the frontier files, never their only home
+        wandb_dir = log_frontier_to_wandb(paths, args.wandb, name=f"reproduce-{args.dataset}")
+        if wandb_dir:
+            say(f"frontier logged to W&B ({args.wandb}): {wandb_dir}")
+    except Exception as err:  # noqa: BLE001
+        say(f"frontier not logged to W&B: {err}")
     command = "make reproduce" + (f" DATASET={args.dataset}" if args.dataset != "embedded_mini"
                                   else "")
     write_results_section(args.results_md, args.dataset, out, command)

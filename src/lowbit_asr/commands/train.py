@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from lowbit_asr.train.checkpoint import data_state, init_from_float, read_checkp
 from lowbit_asr.train.config import TrainConfig, validate
 from lowbit_asr.train.module import RNNTModule
 from lowbit_asr.train.results import RESULT_FILE, failed_row, git_commit, result_row
+from lowbit_asr.train.scoring import EVALUATION_FILE, RUN_EVAL_DIR, evaluate_to
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 log = logging.getLogger("lowbit_asr.train")
@@ -67,6 +69,25 @@ def feature_options(stats: FeatureStats, dataset: DatasetConfig, source: str) ->
         " %s and %d (the config's)", source, stats.normalisation, stats.lifter, *wanted,
     )
     return stats.with_normalisation(*wanted)
+
+
+def test_stage(module: RNNTModule, data: AsrDataModule, best: str | None, run_dir: Path,
+               device: torch.device, commit: str) -> dict[str, Any]:
+    """The best checkpoint (else the last weights) on every test split, through the same
+    scoring and files as ``lowbit-asr evaluate``: ``<run dir>/eval/``."""
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    module.to(device)
+    info = {"model": best or "last weights of the run", "root": str(data.cfg.root),
+            "quantizer": module.policy.name or "none",
+            "decoding": asdict(module.model.cfg.decoding),
+            "eval_batch_seconds": data.cfg.eval_batch_seconds, "commit": commit,
+            "command": command_line()}
+    # The loaders ``evaluate`` uses (features computed from the audio, not the float16 cache):
+    # the same model gives the same hypotheses here and there.
+    loaders = {s: data.eval_dataloader(data.cfg.root, s) for s in data.test_split_names}
+    return evaluate_to(run_dir / RUN_EVAL_DIR, module, loaders, info)
 
 
 def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -121,23 +142,38 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     train_seconds = time.perf_counter() - start
 
+    # A step budget is the recipe; trainer.max_time is only a guard. When the guard (or anything
+    # else) ends training before max_steps, the row says so instead of shipping another model.
+    wanted = int(cfg.trainer.max_steps or 0)
+    truncated = (f"training stopped at step {trainer.global_step} of trainer.max_steps={wanted}"
+                 f" (trainer.max_time={cfg.trainer.max_time} reached?)"
+                 if wanted > 0 and trainer.global_step < wanted else None)
     best = checkpoints.best_model_path or None
-    metrics = {k: v for d in trainer.test(module, datamodule=data, ckpt_path=best,
-                                          weights_only=True) for k, v in d.items()}
-    wer = {split: float(metrics[f"test/{split}/wer"]) for split in data.test_split_names}
+    if not trainer.is_global_zero:  # one process decodes every test utterance (rank 0)
+        return {"status": "ok", "rank": trainer.global_rank}
+    summary = test_stage(module, data, best, run_dir, trainer.strategy.root_device, commit)
+    splits = summary["splits"]
+    wer = {split: float(splits[split]["wer"]) for split in data.test_split_names}
     row = result_row(
         run_id=run_dir.name, experiment=cfg.experiment_name, model=module.model,
         policy=module.policy, wer=wer, train_seconds=train_seconds, steps=trainer.global_step,
         command=command_line(), commit=commit,
-        extra={"best_checkpoint": best, "rtf": {s: float(metrics[f"test/{s}/rtf"])
-                                                for s in data.test_split_names}},
+        extra={**({"status": "truncated", "error": truncated} if truncated else {}),
+               "best_checkpoint": best,
+               "wer_ci": {s: splits[s]["wer_ci"] for s in wer},
+               "evaluation": f"{RUN_EVAL_DIR}/{EVALUATION_FILE}",
+               "rtf": {s: float(splits[s]["rtf"]) for s in wer}},
     )
     for logger in loggers:
-        if isinstance(logger, L.pytorch.loggers.WandbLogger) and trainer.is_global_zero:
+        if isinstance(logger, L.pytorch.loggers.WandbLogger):
             logger.experiment.summary.update({
                 "model/size_mb": row["size_mb"], "quant/bits": row["quant_bits"],
                 "quant/granularity": row["quant_granularity"],
                 **{f"test/{s}/wer": w for s, w in wer.items()},
+                **{f"test/{s}/wer_ci_low": splits[s]["wer_ci"][0] for s in wer},
+                **{f"test/{s}/wer_ci_high": splits[s]["wer_ci"][1] for s in wer},
+                **{f"test/{s}/cer": splits[s]["cer"] for s in wer},
+                **{f"test/{s}/nll_per_token": splits[s]["nll_per_token"] for s in wer},
             })
     return row
 
@@ -164,6 +200,10 @@ def main(dict_cfg: DictConfig) -> dict[str, Any]:
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
         (run_dir / RESULT_FILE).write_text(json.dumps(row, indent=1))
     log.info("result: %s", json.dumps(row, indent=1))
+    if row.get("status", "ok") != "ok":
+        log.error("run %s: %s", row["status"], row.get("error"))
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise SystemExit(1)
     return row
 
 

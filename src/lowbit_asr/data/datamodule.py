@@ -116,6 +116,11 @@ class DatasetConfig:
     """Units the RNN-T predicts."""
     max_batch_seconds: float = 60.0
     """Padded audio per batch (utterances x the longest), in seconds, per rank."""
+    eval_batch_seconds: float = 60.0
+    """Padded audio per batch when testing and evaluating (``lowbit-asr train``'s test stage,
+    ``evaluate``, ``transcribe``): its own key, so that a training recipe's batch size does not
+    change the test WER (batching changes float rounding in the encoder, which can flip a
+    word of the search). Validation batches as training does (``max_batch_seconds``)."""
     max_utterance_seconds: float = 20.0
     """Longer TRAIN utterances are bad (stop or skip); at most ``max_batch_seconds``."""
     num_buckets: int = 30
@@ -162,6 +167,7 @@ class DatasetConfig:
         self.perturb = coerce(self.perturb, PerturbConfig, "perturb")
         self.specaugment = coerce(self.specaugment, SpecAugmentConfig, "specaugment")
         _positive(self.max_batch_seconds, "max_batch_seconds", integer=False, minimum=1e-9)
+        _positive(self.eval_batch_seconds, "eval_batch_seconds", integer=False, minimum=1e-9)
         _positive(self.max_utterance_seconds, "max_utterance_seconds", integer=False, minimum=1e-9)
         if self.max_utterance_seconds > self.max_batch_seconds:
             raise ValueError(
@@ -446,8 +452,9 @@ class AsrDataModule(L.LightningDataModule):
         return self._split_loader(self.cfg.dev_split)
 
     def test_dataloader(self) -> list[DataLoader[Batch]]:
-        """One dataloader per test split, in the order of ``test_split_names``."""
-        return [self._split_loader(s) for s in self.cfg.test_splits]
+        """One dataloader per test split, in the order of ``test_split_names``, batched by
+        ``eval_batch_seconds`` (as :meth:`eval_dataloader`)."""
+        return [self._split_loader(s, self.cfg.eval_batch_seconds) for s in self.cfg.test_splits]
 
     def eval_dataloader(self, root: str | Path, split: str) -> DataLoader[Batch]:
         """Batches of any folder ``root/split`` in LibriSpeech's layout, with this module's
@@ -455,18 +462,23 @@ class AsrDataModule(L.LightningDataModule):
         cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else None
         manifest = read_split(root, split, self.cfg.on_bad_utterance, cache_dir)
         utterances = self._usable(f"{root}/{split}", manifest, train=False)
-        return self._loader(AsrDataset(utterances, self.tokenizer, self.stats), shuffle=False)
+        return self._loader(AsrDataset(utterances, self.tokenizer, self.stats), shuffle=False,
+                            batch_seconds=self.cfg.eval_batch_seconds, whole=True)
 
-    def _split_loader(self, split: str) -> DataLoader[Batch]:
+    def _split_loader(self, split: str, batch_seconds: float | None = None) -> DataLoader[Batch]:
         utterances = self._usable(split, self.manifest(split), train=False)
         dataset = AsrDataset(utterances, self.tokenizer, self.stats, self.features)
-        return self._loader(dataset, shuffle=False)
+        return self._loader(dataset, shuffle=False, batch_seconds=batch_seconds,
+                            whole=batch_seconds is not None)
 
-    def _loader(self, dataset: AsrDataset, shuffle: bool) -> DataLoader[Batch]:
-        rank, world_size = self._rank_world()
+    def _loader(self, dataset: AsrDataset, shuffle: bool, batch_seconds: float | None = None,
+                whole: bool = False) -> DataLoader[Batch]:
+        """``whole``: every utterance on this process (tests and evaluation are run by one
+        process, which writes the per-utterance files); else this rank's shard."""
+        rank, world_size = (0, 1) if whole else self._rank_world()
         sampler = BucketingBatchSampler(
             dataset.durations,
-            self.cfg.max_batch_seconds,
+            batch_seconds or self.cfg.max_batch_seconds,
             num_buckets=self.cfg.num_buckets,
             shuffle=shuffle,
             seed=self.cfg.seed,

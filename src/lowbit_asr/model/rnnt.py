@@ -16,6 +16,8 @@ torchaudio, 3.1 GB with ``joint_chunk_size: 2``.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
@@ -227,6 +229,25 @@ class RNNT(nn.Module):
         with parametrize.cached():
             enc, enc_lens = self.encode(feats, feat_lens)
             return sequence_log_prob(self, enc, enc_lens, hyps)
+
+    @torch.no_grad()
+    def decode_and_score(
+        self, feats: Tensor, feat_lens: Tensor, targets: Tensor, target_lens: Tensor,
+        cfg: DecodingConfig | None = None,
+    ) -> tuple[list[list[int]], Tensor, float]:
+        """One encoder pass for both: token ids per utterance (as :meth:`decode`), the
+        reference's negative log-likelihood -log P(targets | x) (N,) under teacher forcing
+        (exact, summed over alignments), and the seconds spent encoding and searching (the
+        real-time factor's numerator; the NLL is not part of it)."""
+        cfg = cfg or self.cfg.decoding
+        with parametrize.cached():
+            start = time.perf_counter()
+            enc, enc_lens = self.encode(feats, feat_lens)
+            hyps = search(self, enc, enc_lens, cfg)
+            seconds = time.perf_counter() - start
+            refs = [targets[i, : int(target_lens[i])].tolist() for i in range(len(hyps))]
+            nll = -sequence_log_prob(self, enc, enc_lens, refs)
+        return hyps, nll, seconds
 
     @torch.no_grad()
     def decode(

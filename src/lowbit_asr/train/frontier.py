@@ -2,6 +2,13 @@
 
 Reads the ``results.json`` row every run writes (see :mod:`lowbit_asr.train.results`);
 failed runs are listed in the outputs, never dropped.
+
+"Lossless" is decided by a test, never by eye: every point's per-utterance results are compared
+with the reference float point's (the float model fine-tuned like the grid) by NIST's
+matched-pairs sentence-segment word error test (MAPSSWE) and a paired bootstrap of ΔWER; a point
+is *lossless* on a split unless it is significantly worse at ``ALPHA`` after Holm–Bonferroni
+correction over every (point, split) test of the frontier (the raw verdict is shown too), and
+*within +3%* when the upper bound of its paired 95% CI of ΔWER is at most 3% of the reference WER.
 """
 
 from __future__ import annotations
@@ -9,14 +16,33 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from lowbit_asr.train.results import RESULT_FILE
+from lowbit_asr.train.scoring import UtteranceScore, load_evaluation
+from lowbit_asr.train.significance import compare_split, holm, non_inferior
 
 BIT_COLOURS = {1: "#7f0000", 2: "#d62728", 3: "#ff7f0e", 4: "#1f77b4", 8: "#2ca02c",
                32: "#000000", "mixed": "#9467bd"}
 GRANULARITY_MARKERS = {"per_channel": "o", "sub_channel": "s", "float": "*", "mixed": "D"}
+ALPHA = 0.05
+"""Significance level of the "lossless" verdicts (family-wise, after Holm-Bonferroni)."""
+RELATIVE_MARGIN = 0.03
+""""Within +3%": the paired 95% CI's upper bound of ΔWER is at most this share of the
+reference WER (the analogue of the paper's large-scale result)."""
+LOW_BITS, MID_BITS = (0.0, 3.0), (3.0, 5.0)
+"""Average bits per quantized weight of the headline's "2-bit" point (< 3) and of its "4-bit"
+one (3-5), scales included."""
+VERDICT_NOTE = (
+    "WER: 95% bootstrap CI over speakers. ΔWER = point − reference float point (the float model"
+    " fine-tuned like the grid), with its paired-bootstrap 95% CI (Bisani & Ney 2004, speakers as"
+    " blocks). p: NIST MAPSSWE (matched-pairs sentence-segment word error test, two-sided)."
+    " **Lossless** = not significantly worse than the reference at α = 0.05 after Holm–Bonferroni"
+    " correction over every (point, split) test in this table — this is the verdict that decides;"
+    " `raw` is the uncorrected one. **≤+3%** = the CI's upper bound is at most +3% relative."
+)
 
 
 def load_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -28,6 +54,8 @@ def load_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
             row = json.loads(path.read_text())
             if not isinstance(row, dict) or "status" not in row:
                 raise ValueError("not a result row")
+            if row["status"] == "ok" and not (isinstance(row.get("wer"), dict) and row["wer"]):
+                raise ValueError("status ok but no WERs ('wer')")
         except (OSError, ValueError) as err:
             row = {"status": "failed", "run_id": path.parent.name, "error": f"{path}: {err}"}
         row["path"] = str(path.parent)
@@ -52,6 +80,88 @@ def _mean_wer(row: dict[str, Any]) -> float:
     return sum(values) / len(values)
 
 
+def _scores(row: dict[str, Any]) -> dict[str, list[UtteranceScore]] | None:
+    """A row's per-utterance test results (None: the run wrote none, e.g. an older run)."""
+    if not row.get("evaluation") or not row.get("path"):
+        return None
+    try:
+        return load_evaluation(Path(row["path"]) / row["evaluation"])[1]
+    except (OSError, ValueError):
+        return None
+
+
+def reference_row(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The float point the others are tested against: among the float rows, those trained with
+    the experiment most quantized rows used (the float model fine-tuned like the grid), else all
+    float rows; of these the lowest mean WER."""
+    floats = [r for r in ok if r.get("quant_bits") == 32]
+    quantized = [r.get("experiment") for r in ok if r.get("quant_bits") != 32]
+    if quantized:
+        grid = Counter(quantized).most_common(1)[0][0]
+        floats = [r for r in floats if r.get("experiment") == grid] or floats
+    return min(floats, key=_mean_wer) if floats else None
+
+
+def add_significance(flat: list[dict[str, Any]], ok: list[dict[str, Any]],
+                     splits: list[str]) -> None:
+    """Per item and split: ΔWER against the reference with its paired CI, P(worse), the
+    MAPSSWE p-value, Holm-adjusted p, and the ``lossless`` / ``lossless_raw`` / ``within3``
+    verdicts (None where either side has no per-utterance results); per item ``lossless`` on
+    every split, and ``reference`` for the reference itself."""
+    ref = reference_row(ok)
+    ref_scores = _scores(ref) if ref else None
+    keys = ("delta", "delta_low", "delta_high", "prob_worse", "p", "p_holm", "lossless",
+            "lossless_raw", "within3")
+    tests: list[tuple[dict[str, Any], str]] = []
+    for item, row in zip(flat, ok, strict=True):
+        item["reference"] = row is ref
+        for s in splits:
+            for k in keys:
+                item[f"{k}_{s}"] = None
+        scores = None if row is ref or ref_scores is None else _scores(row)
+        for s in splits:
+            if scores is None or s not in scores or s not in ref_scores:
+                continue
+            c = compare_split(s, ref_scores[s], scores[s])
+            item[f"delta_{s}"] = c["delta"]
+            item[f"delta_low_{s}"], item[f"delta_high_{s}"] = c["delta_ci"]
+            item[f"prob_worse_{s}"] = c["prob_b_worse"]
+            item[f"p_{s}"] = c["mapsswe_p"]
+            item[f"within3_{s}"] = non_inferior(c["delta_ci"][1], c["wer_a"], RELATIVE_MARGIN)
+            item[f"lossless_raw_{s}"] = not (c["mapsswe_p"] < ALPHA and c["delta"] > 0)
+            tests.append((item, s))
+    adjusted = holm([item[f"p_{s}"] for item, s in tests])
+    for (item, s), p in zip(tests, adjusted, strict=True):
+        item[f"p_holm_{s}"] = p
+        item[f"lossless_{s}"] = not (p < ALPHA and item[f"delta_{s}"] > 0)
+    for item in flat:
+        verdicts = [item[f"lossless_{s}"] for s in splits]
+        item["lossless"] = (True if item["reference"] else
+                            None if any(v is None for v in verdicts) else all(verdicts))
+        within = [item[f"within3_{s}"] for s in splits]
+        item["within3"] = (True if item["reference"] else
+                           None if any(v is None for v in within) else all(within))
+
+
+def headline(flat: list[dict[str, Any]], key: str = "lossless") -> dict[str, Any] | None:
+    """The paper's headline computed: size of the smallest point with verdict ``key`` on every
+    split whose quantized weights average < 3 bits, over the smallest such point with 3-5 bits
+    (None when either is missing)."""
+    def smallest(bounds: tuple[float, float]) -> dict[str, Any] | None:
+        good = [i for i in flat if i.get(key) and i["bits"] != 32
+                and bounds[0] <= (i["bits_per_weight"] or 0.0) < bounds[1]]
+        return min(good, key=lambda i: i["size_bytes"]) if good else None
+
+    low, mid = smallest(LOW_BITS), smallest(MID_BITS)
+    if not low or not mid:
+        return {"verdict": key, "low": low and low["quantizer"], "mid": mid and mid["quantizer"],
+                "ratio": None}
+    return {"verdict": key, "low": low["quantizer"], "low_mb": low["size_mb"],
+            "low_bits": low["bits_per_weight"], "mid": mid["quantizer"],
+            "mid_mb": mid["size_mb"], "mid_bits": mid["bits_per_weight"],
+            "ratio": low["size_bytes"] / mid["size_bytes"]}
+
+
 def frontier_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Flat rows of the successful runs with Pareto flags and relative numbers, and the splits.
 
@@ -62,8 +172,8 @@ def frontier_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     splits = sorted({s for r in ok for s in r["wer"]})
     int4 = [r for r in ok if r.get("quant_bits") == 4]
     ref4 = min(int4, key=_mean_wer)["size_bytes"] if int4 else None
-    floats = [r for r in ok if r.get("quant_bits") == 32]
-    ref_float = min(floats, key=_mean_wer)["wer"] if floats else None
+    ref = reference_row(ok)
+    ref_float = ref["wer"] if ref else None
     flat = []
     for r in ok:
         item = {
@@ -80,8 +190,13 @@ def frontier_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             item[f"wer_{s}"] = wer
             item[f"rel_wer_{s}"] = (wer / ref_float[s] if ref_float and wer is not None
                                     and ref_float.get(s) else None)
+        for s in splits:
+            ci = (r.get("wer_ci") or {}).get(s)
+            item[f"wer_low_{s}"], item[f"wer_high_{s}"] = (ci if ci else (None, None))
         item["commit"], item["command"] = r.get("commit", ""), r.get("command", "")
+        item["path"] = r.get("path", "")
         flat.append(item)
+    add_significance(flat, ok, splits)
     for s in splits:
         usable = [i for i, item in enumerate(flat) if item[f"wer_{s}"] is not None]
         front = {usable[j] for j in pareto_front(
@@ -98,19 +213,56 @@ def _fmt(value: Any, pattern: str = "{:.3f}") -> str:
     return pattern.format(value) if isinstance(value, float) else str(value)
 
 
+def _pct(value: float | None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+
+
+def _verdict(item: dict[str, Any], split: str) -> str:
+    if item["reference"]:
+        return "reference"
+    final, raw = item[f"lossless_{split}"], item[f"lossless_raw_{split}"]
+    if final is None:
+        return "–"
+    text = "yes" if final else "**no**"
+    if raw is not None and raw != final:
+        text += f" (raw: {'yes' if raw else 'no'})"
+    if item[f"within3_{split}"]:
+        text += ", ≤+3%"
+    return text
+
+
+def _p(item: dict[str, Any], split: str) -> str:
+    p, adjusted = item[f"p_{split}"], item[f"p_holm_{split}"]
+    if p is None:
+        return "–"
+    return f"{p:.3g} ({adjusted:.3g})"
+
+
+def display_name(item: dict[str, Any], flat: list[dict[str, Any]]) -> str:
+    """The quantizer, with its experiment when several rows share the quantizer (e.g. the float
+    baseline and the float model fine-tuned like the grid)."""
+    name = item["quantizer"]
+    if sum(i["quantizer"] == name for i in flat) > 1:
+        name = f"{name} ({item['experiment'] or item['run_id']})"
+    return name
+
+
 def to_markdown(flat: list[dict[str, Any]], splits: list[str],
                 failed: list[dict[str, Any]]) -> str:
-    """The frontier table (every run, front members in bold), then the failed runs."""
+    """The frontier table (every run, front members in bold, WER CIs, ΔWER against the
+    reference with its paired CI and p-values, lossless verdicts), the computed headline, then
+    the failed runs."""
     head = ["quantizer", "bits", "sym", "granularity", "clip", "size MB", "× int4 size",
-            *[f"WER {s} %" for s in splits], *[f"× float WER {s}" for s in splits]]
+            "bits / weight"]
+    for s in splits:
+        head += [f"WER {s} % [95% CI]", f"ΔWER {s} [95% CI]", f"p {s} (Holm)",
+                 f"lossless {s}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    repeated = {q for q in (i["quantizer"] for i in flat)
-                if sum(i["quantizer"] == q for i in flat) > 1}
     for item in flat:
         on_front = any(item[f"front_{s}"] for s in splits)
-        name = item["quantizer"]
-        if name in repeated:  # e.g. the float baseline and the float fine-tuned like the grid
-            name = f"{name} ({item['experiment'] or item['run_id']})"
+        name = display_name(item, flat)
         name = f"**{name}**" if on_front else name
         sym = {True: "sym", False: "asym"}.get(item["symmetric"], _fmt(item["symmetric"]))
         group = item["group"]  # e.g. g16; not repeated when it says the same as the granularity
@@ -119,12 +271,19 @@ def to_markdown(flat: list[dict[str, Any]], splits: list[str],
         cells = [name, _fmt(item["bits"]), sym, granularity,
                  _fmt(item["clip"]), f"{item['size_mb']:.3f}",
                  _fmt(item["rel_size_vs_int4"], "{:.2f}"),
-                 *[_fmt(None if item[f"wer_{s}"] is None else 100 * item[f"wer_{s}"], "{:.2f}")
-                   for s in splits],
-                 *[_fmt(item[f"rel_wer_{s}"], "{:.2f}") for s in splits]]
+                 _fmt(item["bits_per_weight"], "{:.2f}")]
+        for s in splits:
+            wer = _pct(item[f"wer_{s}"])
+            if item[f"wer_low_{s}"] is not None:
+                wer += f" [{_pct(item[f'wer_low_{s}'])}, {_pct(item[f'wer_high_{s}'])}]"
+            delta = _pct(item[f"delta_{s}"], signed=True)
+            if item[f"delta_low_{s}"] is not None:
+                delta += (f" [{_pct(item[f'delta_low_{s}'], True)},"
+                          f" {_pct(item[f'delta_high_{s}'], True)}]")
+            cells += [wer, delta, _p(item, s), _verdict(item, s)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Bold: on the size-vs-WER Pareto front of at least one split.")
+    lines += ["", "Bold: on the size-vs-WER Pareto front of at least one split. " + VERDICT_NOTE]
+    lines += ["", headline_text(flat)]
     if failed:
         lines.append("")
         lines.append(f"Failed runs ({len(failed)}):")
@@ -135,40 +294,120 @@ def to_markdown(flat: list[dict[str, Any]], splits: list[str],
     return "\n".join(lines)
 
 
+def headline_text(flat: list[dict[str, Any]]) -> str:
+    """The paper's headline, computed from the verdicts (lossless, and within +3%)."""
+    out = []
+    for key, what in (("lossless", "lossless on every split"),
+                      ("within3", "within +3% relative WER on every split")):
+        h = headline(flat, key)
+        if h is None or h["ratio"] is None:
+            missing = [b for b, q in (("< 3 bits", h and h["low"]), ("3–5 bits", h and h["mid"]))
+                       if not q]
+            out.append(f"Headline ({what}): not computable — no such point with "
+                       f"{' or '.join(missing)} per weight.")
+        else:
+            out.append(
+                f"Headline ({what}): the smallest such point under 3 bits per weight,"
+                f" `{h['low']}` ({h['low_mb']:.3f} MB, {h['low_bits']:.2f} bits), is"
+                f" **{h['ratio']:.2f}×** the size of the smallest with 3–5 bits, `{h['mid']}`"
+                f" ({h['mid_mb']:.3f} MB, {h['mid_bits']:.2f} bits): {100 * (1 - h['ratio']):.0f}%"
+                " smaller (the paper: 32% on LibriSpeech).")
+    return "\n\n".join(out)
+
+
+def _draw(ax: Any, items: list[dict[str, Any]], split: str, names: dict[str, str],
+          front: bool = True) -> None:
+    """One panel: points with WER CIs as error bars, each named; lossless points filled,
+    significantly worse ones hollow; the Pareto front as a step line."""
+    for item in items:
+        wer = item[f"wer_{split}"]
+        if wer is None:
+            continue
+        colour = BIT_COLOURS.get(item["bits"], "#7f7f7f")
+        low, high = item[f"wer_low_{split}"], item[f"wer_high_{split}"]
+        if low is not None:
+            ax.errorbar(item["size_mb"], 100 * wer,
+                        yerr=[[100 * (wer - low)], [100 * (high - wer)]], fmt="none",
+                        ecolor=colour, elinewidth=0.8, capsize=2, alpha=0.7, zorder=2)
+        worse = item[f"lossless_{split}"] is False
+        ax.scatter(item["size_mb"], 100 * wer, marker=GRANULARITY_MARKERS.get(
+                       item["granularity"], "x"), s=55, zorder=3,
+                   facecolors="white" if worse else colour, edgecolors=colour, linewidths=1.2)
+        ax.annotate(names[item["run_id"] + item["path"]], (item["size_mb"], 100 * wer),
+                    textcoords="offset points", xytext=(4, 3), fontsize=6.5, color="#333333")
+    if front:
+        line = sorted((i for i in items if i[f"front_{split}"]), key=lambda i: i["size_mb"])
+        ax.step([i["size_mb"] for i in line], [100 * i[f"wer_{split}"] for i in line],
+                where="post", color="#555555", linewidth=1, zorder=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("model size (MB, 10^6 bytes, log scale)")
+    ax.set_ylabel("WER (%)")
+    ax.grid(alpha=0.3, which="both")
+
+
+def _legends(fig: Any, items: list[dict[str, Any]]) -> None:
+    from matplotlib.lines import Line2D
+
+    bits = [Line2D([], [], marker="o", linestyle="", color=c,
+                   label=f"{b} bits" if b != 32 else "float")
+            for b, c in BIT_COLOURS.items() if any(i["bits"] == b for i in items)]
+    grans = [Line2D([], [], marker=m, linestyle="", color="#7f7f7f", label=g)
+             for g, m in GRANULARITY_MARKERS.items() if any(i["granularity"] == g for i in items)]
+    grans.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
+                        markeredgecolor="#7f7f7f", label="significantly worse (Holm)"))
+    first = fig.legend(handles=bits, loc="upper left", title="bits (colour)", frameon=False,
+                       ncol=len(bits), fontsize=8, title_fontsize=8)
+    fig.add_artist(first)
+    fig.legend(handles=grans, loc="upper right", title="granularity (marker)", frameon=False,
+               ncol=len(grans), fontsize=8, title_fontsize=8)
+
+
 def plot(flat: list[dict[str, Any]], splits: list[str], path: Path) -> None:
-    """x = size MB, y = WER %, colour = bits, marker = granularity, front as a line."""
+    """x = size MB (log), y = WER % with its 95% CI, colour = bits, marker = granularity, each
+    point named, the front as a line; hollow markers are significantly worse than the
+    reference."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(6 * max(len(splits), 1), 4.5),
+    names = {i["run_id"] + i["path"]: display_name(i, flat) for i in flat}
+    fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(7 * max(len(splits), 1), 5.2),
                              squeeze=False)
     for ax, split in zip(axes[0], splits, strict=False):
-        for item in flat:
-            if item[f"wer_{split}"] is None:
-                continue
-            ax.scatter(item["size_mb"], 100 * item[f"wer_{split}"],
-                       c=BIT_COLOURS.get(item["bits"], "#7f7f7f"),
-                       marker=GRANULARITY_MARKERS.get(item["granularity"], "x"), s=55,
-                       edgecolors="white", linewidths=0.5, zorder=3)
-        front = sorted((i for i in flat if i[f"front_{split}"]), key=lambda i: i["size_mb"])
-        ax.step([i["size_mb"] for i in front], [100 * i[f"wer_{split}"] for i in front],
-                where="post", color="#555555", linewidth=1, zorder=2)
+        _draw(ax, flat, split, names)
         ax.set_title(split)
-        ax.set_xlabel("model size (MB, 10^6 bytes)")
-        ax.set_ylabel("WER (%)")
-        ax.grid(alpha=0.3)
-    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=f"{b} bits" if b != 32
-                      else "float") for b, c in BIT_COLOURS.items()
-               if any(i["bits"] == b for i in flat)]
-    handles += [Line2D([], [], marker=m, linestyle="", color="#7f7f7f", label=g)
-                for g, m in GRANULARITY_MARKERS.items() if any(i["granularity"] == g for i in flat)]
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
-    fig.savefig(path, dpi=120)
+    _legends(fig, flat)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def group_plots(flat: list[dict[str, Any]], splits: list[str], out_dir: Path) -> dict[str, Path]:
+    """One scatter (with error bars) per bit-width × granularity, the reference float point in
+    each for scale: ``<out_dir>/frontier_<bits>_<granularity>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {i["run_id"] + i["path"]: display_name(i, flat) for i in flat}
+    groups = sorted({(str(i["bits"]), str(i["granularity"])) for i in flat if i["bits"] != 32})
+    paths = {}
+    for bits, gran in groups:
+        items = [i for i in flat if (str(i["bits"]), str(i["granularity"])) == (bits, gran)
+                 or i["reference"]]
+        fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(5 * max(len(splits), 1), 4),
+                                 squeeze=False)
+        for ax, split in zip(axes[0], splits, strict=False):
+            _draw(ax, items, split, names, front=False)
+            ax.set_title(f"{split}: {bits} bits, {gran}", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"frontier_{bits}_{gran}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths[f"{bits}_{gran}"] = path
+    return paths
 
 
 def write_frontier(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
@@ -192,5 +431,55 @@ def write_frontier(sweep_dir: str | Path, out_dir: str | Path | None = None) -> 
             writer.writerow({"run_id": r.get("run_id"), "quantizer": r.get("quantizer"),
                              "status": "failed", "error": r.get("error", "")})
     paths["md"].write_text(to_markdown(flat, splits, failed) + "\n")
+    paths["json"] = out / "frontier.json"
+    paths["json"].write_text(json.dumps({
+        "splits": splits, "alpha": ALPHA, "relative_margin": RELATIVE_MARGIN,
+        "note": VERDICT_NOTE, "points": flat, "failed": failed,
+        "headline": {k: headline(flat, k) for k in ("lossless", "within3")}}, indent=1) + "\n")
     plot(flat, splits, paths["png"])
+    for key, path in group_plots(flat, splits, out).items():
+        paths[f"png_{key}"] = path
     return paths
+
+
+WANDB_COLUMNS = ("quantizer", "experiment", "bits", "symmetric", "granularity", "group", "clip",
+                 "size_mb", "bits_per_weight", "lossless", "within3")
+WANDB_SPLIT_COLUMNS = ("wer", "wer_low", "wer_high", "delta", "delta_low", "delta_high",
+                       "prob_worse", "p", "p_holm", "lossless", "lossless_raw", "within3")
+
+
+def log_frontier_to_wandb(paths: dict[str, Path], mode: str = "offline",
+                          project: str = "lowbit-asr", name: str | None = None) -> Path | None:
+    """One W&B run (job_type ``frontier``) beside the frontier files: the table with CIs and
+    verdicts (``frontier/table``), the plot, and one scatter with error bars per bit-width ×
+    granularity (``frontier/<bits>_<granularity>``). Returns the run's folder."""
+    if mode == "disabled":
+        return None
+    import wandb
+
+    data = json.loads(paths["json"].read_text())
+    splits = data["splits"]
+    columns = [*WANDB_COLUMNS, *[f"{c}_{s}" for s in splits for c in WANDB_SPLIT_COLUMNS]]
+    rows = [[_wandb_cell(p.get(c)) for c in columns] for p in data["points"]]
+    run = wandb.init(project=project, mode=mode, job_type="frontier",
+                     name=name or f"frontier-{paths['json'].parent.name}",
+                     dir=str(paths["json"].parent), reinit="finish_previous")
+    try:
+        run.log({"frontier/table": wandb.Table(columns=columns, data=rows),
+                 "frontier/plot": wandb.Image(str(paths["png"]))})
+        for key, path in paths.items():
+            if key.startswith("png_"):
+                run.log({f"frontier/{key.removeprefix('png_')}": wandb.Image(str(path))})
+        for key in ("lossless", "within3"):
+            h = data["headline"].get(key) or {}
+            if h.get("ratio") is not None:
+                run.summary[f"headline/{key}_size_ratio"] = h["ratio"]
+        return Path(run.dir).parent
+    finally:
+        run.finish()
+
+
+def _wandb_cell(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

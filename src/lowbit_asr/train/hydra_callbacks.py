@@ -8,7 +8,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lowbit_asr.train.frontier import write_frontier
+from lowbit_asr.train.frontier import log_frontier_to_wandb, write_frontier
 
 log = logging.getLogger(__name__)
 
@@ -25,3 +25,8 @@ class FrontierOnMultirunEnd(Callback):
             log.warning("no frontier: %s", err)
             return
         log.info("frontier written: %s", ", ".join(str(p) for p in paths.values()))
+        mode = str(config.get("logger", {}).get("wandb", {}).get("mode", "offline"))
+        try:  # the frontier files are written either way; W&B is a copy of them
+            log_frontier_to_wandb(paths, mode=mode)
+        except Exception as err:  # noqa: BLE001 - a W&B failure must not lose the sweep's end
+            log.warning("frontier not logged to W&B: %s", err)

@@ -13,7 +13,6 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import jiwer
 import lightning as L
 import torch
 from torch import Tensor
@@ -22,6 +21,7 @@ from lowbit_asr.data.tokenizer import Tokenizer
 from lowbit_asr.model.rnnt import build_model, count_parameters
 from lowbit_asr.quant import QuantPolicy, prepare, set_fake_quant_enabled, size_report
 from lowbit_asr.train.optim import OptimConfig, build_optimizer, lr_factor
+from lowbit_asr.train.scoring import UtteranceScore, score_utterance, word_errors
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,7 @@ FRAME_SHIFT_SECONDS = 0.01
 """Feature hop (10 ms): frames -> seconds of audio, for the real-time factor."""
 
 
-def word_errors(refs: list[str], hyps: list[str]) -> tuple[int, int]:
-    """(substitutions + deletions + insertions, reference words) summed over utterances."""
-    errors = words = 0
-    for ref, hyp in zip(refs, hyps, strict=True):
-        ref_words = len(ref.split())
-        if not hyp.strip():
-            errors, words = errors + ref_words, words + ref_words
-            continue
-        out = jiwer.process_words(ref, hyp)
-        errors += out.substitutions + out.deletions + out.insertions
-        words += ref_words
-    return errors, words
+__all__ = ["RNNTModule", "word_errors"]
 
 
 class RNNTModule(L.LightningModule):
@@ -173,21 +162,54 @@ class RNNTModule(L.LightningModule):
         ids = self.model.decode(batch["feats"], batch["feat_lens"])  # caches quantized weights
         return [self.tokenizer.decode(seq) for seq in ids]
 
-    def score_batch(self, batch: dict[str, Any]) -> tuple[int, int, float, float]:
-        """Decode a batch: (word errors, reference words, decode seconds, audio seconds)."""
-        start = time.perf_counter()
-        hyps = self.transcribe(batch)
-        decode_seconds = time.perf_counter() - start
-        errors, words = word_errors(batch["texts"], hyps)
-        audio_seconds = float(batch["feat_lens"].sum()) * FRAME_SHIFT_SECONDS
-        return errors, words, decode_seconds, audio_seconds
+    def score_batch(self, batch: dict[str, Any], nll: bool = True,
+                    ) -> tuple[list[UtteranceScore], float, float]:
+        """Decode a batch and score every utterance (with ``nll``: also the reference's
+        teacher-forced negative log-likelihood, from the same encoder pass):
+        (scores, decode seconds, audio seconds)."""
+        feats, feat_lens = batch["feats"], batch["feat_lens"]
+        if nll:
+            ids, nlls, seconds = self.model.decode_and_score(
+                feats, feat_lens, batch["targets"], batch["target_lens"])
+            values = nlls.double().tolist()
+        else:
+            start = time.perf_counter()
+            ids = self.model.decode(feats, feat_lens)
+            seconds = time.perf_counter() - start
+            values = [float("nan")] * len(ids)
+        lens = batch["target_lens"].tolist()
+        scores = [score_utterance(uid, ref, self.tokenizer.decode(seq), nll=v, ref_tokens=n)
+                  for uid, ref, seq, v, n in zip(batch["ids"], batch["texts"], ids, values, lens,
+                                                 strict=True)]
+        audio_seconds = float(feat_lens.sum()) * FRAME_SHIFT_SECONDS
+        return scores, seconds, audio_seconds
+
+    @torch.no_grad()
+    def evaluate_loader(self, loader: Any, nll: bool = True,
+                        ) -> tuple[list[UtteranceScore], dict[str, float]]:
+        """Every utterance of a split, scored (eval mode, on this module's device), and the
+        split's timing: ``audio_seconds``, ``decode_seconds``."""
+        was_training = self.training
+        self.eval()
+        scores: list[UtteranceScore] = []
+        audio = decode = 0.0
+        try:
+            for batch in loader:
+                batch = {k: v.to(self.device) if isinstance(v, Tensor) else v
+                         for k, v in batch.items()}
+                part, d, a = self.score_batch(batch, nll=nll)
+                scores += part
+                decode, audio = decode + d, audio + a
+        finally:
+            self.train(was_training)
+        return scores, {"audio_seconds": audio, "decode_seconds": decode}
 
     def _evaluate(self, batch: dict[str, Any], key: str) -> None:
-        errors, words, decode_seconds, audio_seconds = self.score_batch(batch)
+        scores, decode_seconds, audio_seconds = self.score_batch(batch, nll=False)
         self._decode_seconds[key] += decode_seconds
         self._audio_seconds[key] += audio_seconds
-        self._counts[key][0] += errors
-        self._counts[key][1] += words
+        self._counts[key][0] += sum(s.word_errors for s in scores)
+        self._counts[key][1] += sum(s.ref_words for s in scores)
 
     def _wer(self, key: str) -> float:
         errors, words = self._counts.pop(key, [0, 0])
@@ -209,20 +231,3 @@ class RNNTModule(L.LightningModule):
             self.log("time/train_minutes", minutes, sync_dist=False)
         self._decode_seconds.pop("val", None)
         self._audio_seconds.pop("val", None)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Decoded WER counts per test split."""
-        self._evaluate(batch, self._split_name(dataloader_idx))
-
-    def on_test_epoch_end(self) -> None:
-        """Log ``test/<split>/wer`` and real-time factor per split."""
-        for key in list(self._counts):
-            audio = self._audio_seconds.pop(key, 0.0)
-            seconds = self._decode_seconds.pop(key, 0.0)
-            self.log(f"test/{key}/wer", self._wer(key), sync_dist=False)
-            self.log(f"test/{key}/rtf", seconds / max(audio, 1e-9), sync_dist=False)
-
-    def _split_name(self, dataloader_idx: int) -> str:
-        if dataloader_idx < len(self.test_split_names):
-            return self.test_split_names[dataloader_idx]
-        return f"test{dataloader_idx}"
