@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
-                r-cran-janeaustenr r-cran-stringr libsndfile1
+                r-cran-janeaustenr r-cran-stringr libsndfile1 sctk
 PYTEST_ARGS ?=
 
 .PHONY: help install debs test test-all lint benchmark data reproduce clean

@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("lowbit_asr.commands.evaluate", "WER and real-time factor of a checkpoint"),
     "export": ("lowbit_asr.commands.export", "pack a checkpoint into its low-bit file (.lbq)"),
     "frontier": ("lowbit_asr.commands.frontier", "size-vs-WER Pareto front of a sweep directory"),
+    "compare": ("lowbit_asr.commands.compare", "paired significance test of two evaluations"),
     "reproduce": ("lowbit_asr.commands.reproduce", "data -> float -> QAT grid -> frontier"),
     "corpus": ("lowbit_asr.data.corpus", "generate the embedded TTS corpus (LibriSpeech layout)"),
 }

@@ -123,6 +123,50 @@ def test_noisy_train_copies_draw_their_own_stream_and_leave_the_plan_alone(
     assert corpus.plan_corpus("changed", 4).chapters != noisy.chapters
 
 
+def test_held_out_stream_leaves_mini_train_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mini before its held-out splits grew: 15-minute dev and test in train-length chapters,
+    # drawn from the main stream (the v1 corpus). Its train must be today's, byte for byte.
+    monkeypatch.setitem(
+        SIZES,
+        "mini-v1",
+        dataclasses.replace(
+            SIZES["mini"], dev_minutes=15.0, test_minutes=15.0, heldout_chapter_sentences=None
+        ),
+    )
+    old, new = corpus.plan_corpus("mini-v1", 0), corpus.plan_corpus("mini", 0)
+    train = [c for c in new.chapters if c.split == "train"]
+    assert train == [c for c in old.chapters if c.split == "train"]
+    assert len(train) == 141 and sum(bool(c.noisy_seeds) for c in train) == 71
+    heldout = [c for c in new.chapters if c.split != "train"]
+    assert heldout and new.chapters[len(train) :] == tuple(heldout)  # train, then dev and test
+    lo, hi = SIZES["mini"].heldout_chapter_sentences or (0, 0)
+    assert all(lo <= len(c.sentences) <= hi for c in heldout)
+    for split, minutes in (("dev", 30.0), ("test-clean", 36.0)):
+        chapters = [c for c in heldout if c.split == split]
+        seconds = sum(corpus._estimated_seconds(c.voice, c.sentences) for c in chapters)
+        assert minutes * 60 <= seconds < minutes * 60 + 60
+        assert len({c.speaker for c in chapters}) == len(chapters) >= 60  # one chapter each
+    # Ids: one chapter and one speaker each, none shared with train or its noisy copies.
+    ids = [cid for c in new.chapters for split, cid, _ in c.copies() if split != "test-other"]
+    assert len(ids) == len(set(ids))
+    assert len({c.speaker for c in new.chapters}) == len(new.chapters)
+    # The held-out draws are new (own stream), the corruption seeds never repeat.
+    assert {(c.source, c.first_sentence) for c in heldout} != {
+        (c.source, c.first_sentence) for c in old.chapters if c.split != "train"
+    }
+    seeds = [s for c in new.chapters for s in (*c.corruption_seeds, *c.noisy_seeds)]
+    assert len(seeds) == len(set(seeds))
+
+
+def test_small_keeps_minis_held_out_splits() -> None:
+    mini, small = corpus.plan_corpus("mini", 0), corpus.plan_corpus("small", 0)
+    assert small.chapters[: len(mini.chapters)] == mini.chapters
+    extra = small.chapters[len(mini.chapters) :]
+    assert extra and {c.split for c in extra} == {"train"}
+    assert min(c.chapter for c in extra) > max(c.chapter for c in mini.chapters)
+    assert min(c.speaker for c in extra) > max(c.speaker for c in mini.chapters)
+
+
 # ---------------------------------------------------------------- corruption (no engines)
 
 
@@ -280,6 +324,33 @@ def test_another_corpus_in_the_folder_is_refused(
         generate_corpus(tmp_path, size="tiny", seed=0)
 
 
+def test_a_corpus_of_an_older_format_is_refused_untouched_or_replaced(
+    tiny_corpus: CorpusManifest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus.root, root)
+    older = json.loads((root / MANIFEST).read_text())
+    older["format"] = "lowbit-asr embedded corpus v1"
+    del older["size_spec"]["heldout_chapter_sentences"]
+    (root / MANIFEST).write_text(json.dumps(older))
+    before = tree_hashes(root)
+    with pytest.raises(FileExistsError, match=r"corpus v1.*rm -r") as refusal:
+        generate_corpus(root, size="tiny", seed=0)
+    assert str(root) in str(refusal.value)
+    assert corpus.main(["--size", "tiny", "--seed", "0", "--out", str(root)]) == 1
+    assert f"rm -r {root}" in capsys.readouterr().err
+    assert tree_hashes(root) == before  # nothing deleted, nothing added
+    # An interrupted run of the older recipe is not resumed either.
+    (root / MANIFEST).unlink()
+    stamp = {k: older[k] for k in ("format", "seed", "size", "size_spec", "engine_versions")}
+    (root / IN_PROGRESS).write_text(json.dumps(stamp, sort_keys=True))
+    with pytest.raises(FileExistsError, match="interrupted run of a corpus of another recipe"):
+        generate_corpus(root, size="tiny", seed=0)
+    # --overwrite replaces every split: the result is this recipe's corpus and nothing else.
+    generate_corpus(root, size="tiny", seed=0, overwrite=True)
+    assert tree_hashes(root) == tree_hashes(tiny_corpus.root)
+
+
 def test_interrupted_run_resumes_to_the_same_bytes(
     tiny_corpus: CorpusManifest, tmp_path: Path
 ) -> None:
@@ -351,3 +422,4 @@ def test_size_spec_leaves_out_the_fields_a_size_does_not_use(
     assert set(corpus.size_spec("plain")) == old_fields
     assert corpus.size_spec("small")["train_minutes_after_test"] == 720.0
     assert corpus.size_spec("tiny")["noisy_train_every"] == 2
+    assert corpus.size_spec("mini")["heldout_chapter_sentences"] == (4, 8)

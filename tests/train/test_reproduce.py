@@ -11,6 +11,8 @@ from pathlib import Path
 
 from test_train_e2e import SMALL_MODEL
 
+from lowbit_asr.train.scoring import load_evaluation
+
 LOWBIT_ASR = str(Path(sys.executable).parent / "lowbit-asr")
 
 
@@ -44,16 +46,30 @@ def test_reproduce_runs_every_stage_then_skips_them(tiny_corpus, tmp_path):
     assert packed["wer_equal"] is True
     logged = json.loads((out / "grid" / "int2_asym" / "results.json").read_text())["wer"]
     assert packed["packed_wer"].keys() == packed["fake_quant_wer"].keys() == logged.keys()
-    # The same evaluation of the packed file and of its fake-quant checkpoint: the same errors.
-    evals = [json.loads((out / "grid/int2_asym" / f).read_text())["splits"]
-             for f in ("packed_eval.json", "fake_quant_eval.json")]
-    assert evals[0].keys() == evals[1].keys()
-    assert all((evals[0][s]["errors"], evals[0][s]["words"]) ==
-               (evals[1][s]["errors"], evals[1][s]["words"]) for s in evals[0])
+    # The packed file against its fake-quant run's own test stage, utterance by utterance.
+    assert packed["hypotheses_differ"] == {"test-clean": 0, "test-other": 0}
+    _, from_file = load_evaluation(out / "grid/int2_asym/packed_eval")
+    _, stage = load_evaluation(out / "grid/int2_asym")
+    assert {s: [u.hypothesis for u in v] for s, v in from_file.items()} == {
+        s: [u.hypothesis for u in v] for s, v in stage.items()}
+    # Every point kept its trn files and per-utterance table.
+    for point in ("float", "grid/int4_asym", "grid/int2_asym"):
+        for split in ("test-clean", "test-other"):
+            folder = out / point / "eval" / split
+            assert {p.name for p in folder.iterdir()} == {"ref.trn", "hyp.trn", "utterances.tsv"}
+    # W&B for real: the offline frontier run on disk holds the table with CIs and verdicts.
+    tables = list((out / "wandb").glob("offline-run-*/files/media/table/frontier/table_*.json"))
+    assert tables, sorted(str(p) for p in (out / "wandb").rglob("*"))[:40]
+    table = json.loads(tables[0].read_text())
+    assert {"wer_low_test-clean", "p_holm_test-clean", "lossless_test-clean"} <= set(
+        table["columns"])
+    assert len(table["data"]) == 3  # the float baseline, int4_asym, int2_asym
+    assert list((out / "wandb").glob("offline-run-*/files/media/images/frontier/*.png"))
     text = results_md.read_text()
     assert text.startswith("# Results\n\nkept text\n")
     assert "## `make reproduce` on embedded_tiny" in text and "| `int2_asym` |" in text
     assert "file / accounted" in text and (out / "frontier.png").is_file()
+    assert "Paired tests of the paper's claims" in text and "Headline (lossless" in text
     assert "![size vs WER](results/frontier_embedded_tiny.png)" in text
     assert (tmp_path / "results" / "frontier_embedded_tiny.png").is_file()
 

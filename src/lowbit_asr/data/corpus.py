@@ -14,9 +14,13 @@ reverberated and with noise at 5-20 dB SNR), and for sizes that ask for it ``tra
 ids offset by ``NOISY_CHAPTER_OFFSET``: train on ``[train, train-noisy]`` to learn the noisy
 condition that ``test-other`` measures).
 
-Determinism: :func:`plan_corpus` draws every choice (voices, chapters, corruption seeds) from one
-generator seeded by ``seed`` before any parallel work starts; workers only execute the plan, so
+Determinism: :func:`plan_corpus` draws every choice (voices, chapters, corruption seeds) from
+generators seeded by ``seed`` before any parallel work starts; workers only execute the plan, so
 the files are byte-identical for a seed on a machine with the same engine versions.
+
+Held-out size: ``dev`` and ``test-clean`` are sized for paired comparisons of two models: the
+target is a 95% interval of at most ±0.75 WER points on a paired difference bootstrapped over
+speakers as blocks, hence mini's ~2.4x the words of v1 in short chapters (one speaker each).
 
 CLI: ``python -m lowbit_asr.data.corpus --size mini --seed 0 --out data/embedded``.
 """
@@ -47,7 +51,9 @@ from lowbit_asr.data.voices import HELDOUT, TRAIN, VoiceDealer
 
 log = logging.getLogger(__name__)
 
-FORMAT = "lowbit-asr embedded corpus v1"
+# v2: dev and test-clean of mini and small grew (30 and 36 minutes, 4-8 sentence chapters, their
+# own generator stream); v1 corpora hold the old held-out splits and are never completed in place.
+FORMAT = "lowbit-asr embedded corpus v2"
 MANIFEST = "manifest.json"
 # Present while a generation is under way; names the plan so that a rerun can resume it.
 IN_PROGRESS = ".generating.json"
@@ -60,6 +66,9 @@ NOISY_CHAPTER_OFFSET = 500_000
 # Second entropy word of the generator behind the noisy copies: they draw from their own stream,
 # so adding them to a size leaves every other draw of its plan (and every other file) unchanged.
 _NOISY_STREAM = 0x6E6F697379
+# The same for the held-out splits of sizes with ``heldout_chapter_sentences``: their voices,
+# chapters and test-other seeds can change size without touching a single train draw.
+_HELDOUT_STREAM = 0x68656C646F7574
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,35 +90,46 @@ class CorpusSize:
     #: every n-th train chapter is also written reverberant and noisy (the ``test-other``
     #: recipe, its own draws) to ``train-noisy``; 0: no such split
     noisy_train_every: int = 0
+    #: dev and test-clean chapters hold this many sentences (short chapters: more speakers per
+    #: minute, for speaker-level confidence intervals), drawn from their own generator stream so
+    #: that train is the plan without it, byte for byte; None: ``chapter_sentences``, main stream
+    heldout_chapter_sentences: tuple[int, int] | None = None
 
 
 SIZES: dict[str, CorpusSize] = {
     # For tests: ~3 min of audio over all splits, a handful of speakers, a few seconds to make.
+    # Its held-out splits take mini's path (own stream, short chapters) at a few speakers each.
     "tiny": CorpusSize(
         train_minutes=1.2,
         dev_minutes=0.4,
         test_minutes=0.4,
         chapter_sentences=(3, 5),
         noisy_train_every=2,
+        heldout_chapter_sentences=(2, 3),
     ),
     # The default: ~3 h of train audio from 141 voices (short chapters: more voices), and half
-    # of its chapters again reverberant and noisy in train-noisy (1.6 h).
+    # of its chapters again reverberant and noisy in train-noisy (1.6 h). dev (30 min) and
+    # test-clean (36 min) are read in 4-8 sentence chapters, one speaker each: sized for a paired
+    # WER difference of two models known to ±0.75 points (95%, speakers bootstrapped as blocks).
+    # Its train is the v1 corpus's (15-minute held-out splits), byte for byte.
     "mini": CorpusSize(
         train_minutes=180.0,
-        dev_minutes=15.0,
-        test_minutes=15.0,
+        dev_minutes=30.0,
+        test_minutes=36.0,
         chapter_sentences=(10, 20),
         noisy_train_every=2,
+        heldout_chapter_sentences=(4, 8),
     ),
     # mini's plan plus 12 h of train read by ~570 more speakers; dev and test are mini's, byte
     # for byte, so WERs compare across the two. For budgets that would memorise mini's 3 h.
     "small": CorpusSize(
         train_minutes=180.0,
-        dev_minutes=15.0,
-        test_minutes=15.0,
+        dev_minutes=30.0,
+        test_minutes=36.0,
         chapter_sentences=(10, 20),
         train_minutes_after_test=720.0,
         noisy_train_every=2,
+        heldout_chapter_sentences=(4, 8),
     ),
 }
 
@@ -117,11 +137,13 @@ SIZES: dict[str, CorpusSize] = {
 def size_spec(size: str) -> dict[str, object]:
     """``SIZES[size]`` as recorded in the manifest (part of a corpus's identity).
 
-    ``train_minutes_after_test`` and ``noisy_train_every`` are left out when 0, so that corpora
-    made before they existed still count as the same corpus (their plan is the same).
+    ``train_minutes_after_test``, ``noisy_train_every`` and ``heldout_chapter_sentences`` are
+    left out when unset (0 or None), so that a size which does not use them records the fields
+    it always had (its plan is the one made before they existed).
     """
     spec = asdict(SIZES[size])
-    for later_field in ("train_minutes_after_test", "noisy_train_every"):
+    later_fields = ("train_minutes_after_test", "noisy_train_every", "heldout_chapter_sentences")
+    for later_field in later_fields:
         if not spec[later_field]:
             del spec[later_field]
     return spec
@@ -216,14 +238,29 @@ class _ChapterDealer:
 
 
 def plan_corpus(size: str, seed: int) -> CorpusPlan:
-    """Draw every choice of a corpus (voices, chapters, corruption seeds) from one generator."""
+    """Draw every choice of a corpus (voices, chapters, corruption seeds) from seeded generators.
+
+    One generator seeded by ``seed`` draws train (and, for sizes without
+    ``heldout_chapter_sentences``, dev and test-clean); the held-out splits of sizes with it and
+    the train-noisy copies draw from their own streams of the same seed. Ids are handed out in
+    plan order (train, dev, test-clean, train after test), so no two chapters share one.
+    """
     spec = SIZES[size]
     rng = np.random.default_rng(seed)
     train_voices = VoiceDealer(TRAIN, rng)
     heldout_voices = VoiceDealer(HELDOUT, rng)
     train_text = _ChapterDealer(TRAIN_BOOKS, spec.chapter_sentences, rng)
-    # dev and test-clean draw from one dealer, so they never share a sentence.
+    # dev and test-clean draw from one dealer, so they never share a sentence. Built even when
+    # unused below: its construction draws from ``rng``, and the train voices drawn after it must
+    # stay those of the corpora made before held-out splits had their own stream.
     heldout_text = _ChapterDealer(HELDOUT_SOURCES, spec.chapter_sentences, rng)
+    heldout_rng = rng  # where the test-other corruption seeds come from
+    if spec.heldout_chapter_sentences is not None:
+        heldout_rng = np.random.default_rng([seed, _HELDOUT_STREAM])
+        heldout_voices = VoiceDealer(HELDOUT, heldout_rng)
+        heldout_text = _ChapterDealer(
+            HELDOUT_SOURCES, spec.heldout_chapter_sentences, heldout_rng
+        )
     targets = (
         ("train", spec.train_minutes, train_voices, train_text),
         ("dev", spec.dev_minutes, heldout_voices, heldout_text),
@@ -240,7 +277,8 @@ def plan_corpus(size: str, seed: int) -> CorpusPlan:
                 source, start, sentences = text.next()
                 seeds: tuple[int, ...] = ()
                 if split == "test-clean":
-                    seeds = tuple(int(s) for s in rng.integers(0, 2**63 - 1, len(sentences)))
+                    draws = heldout_rng.integers(0, 2**63 - 1, len(sentences))
+                    seeds = tuple(int(s) for s in draws)
                 chapters.append(
                     Chapter(split, speaker_id, chapter_id, voice, source, start, sentences, seeds)
                 )
@@ -478,7 +516,9 @@ def generate_corpus(
     If ``out_dir/manifest.json`` records the same seed, size and engine versions, nothing is done.
     An interrupted run with the same settings is resumed chapter by chapter, and the same corpus
     made before its size gained ``train-noisy`` is completed in place. A different corpus in
-    ``out_dir`` is an error unless ``overwrite``, which deletes its splits first.
+    ``out_dir`` is an error unless ``overwrite``, which deletes its splits first. So is a corpus
+    (or an interrupted run) of another ``FORMAT``: nothing of an older recipe is ever completed,
+    resumed or kept, so old and new splits never mix in one folder.
     """
     if size not in SIZES:
         raise ValueError(f"unknown corpus size {size!r}; known: {', '.join(SIZES)}")
@@ -504,6 +544,8 @@ def generate_corpus(
             return existing
         differs = [k for k, v in wanted.items() if existing.identity().get(k) != v]
         found = f"another corpus (its {', '.join(differs)} differ)"
+        if existing.format != FORMAT:
+            found = _other_format(existing.format)
         completing = _lacks_only_train_noisy(existing.identity(), wanted)
         if completing:
             # Made before this size had train-noisy: the clean files are this plan's already;
@@ -511,19 +553,18 @@ def generate_corpus(
             found = ""
             log.info("%s holds the %s corpus without train-noisy: adding it", out_dir, size)
     elif stamp.exists():
-        found = (
-            ""
-            if json.loads(stamp.read_text()) == wanted
-            else "an interrupted run of another corpus"
-        )
+        interrupted = json.loads(stamp.read_text())
+        found = "" if interrupted == wanted else "an interrupted run of another corpus"
+        if interrupted.get("format") != FORMAT:
+            found = f"an interrupted run of {_other_format(interrupted.get('format'))}"
     elif any((out_dir / split).exists() for split in ALL_SPLITS):
         found = "split folders but no manifest.json (not a corpus made here)"
     else:
         found = ""
     if found and not overwrite:
         raise FileExistsError(
-            f"{out_dir} holds {found}; pass overwrite=True (--overwrite) or "
-            "choose another output folder"
+            f"{out_dir} holds {found}; remove that folder (rm -r {out_dir}), pass overwrite=True "
+            "(--overwrite) to replace its splits, or choose another output folder"
         )
     if found:
         log.info("%s holds %s: deleting its splits", out_dir, found)
@@ -564,6 +605,14 @@ def generate_corpus(
     stamp.unlink()
     # Read back, so a fresh run returns exactly what a later no-op run will.
     return CorpusManifest.load(out_dir)
+
+
+def _other_format(format_: object) -> str:
+    """How the error names a corpus written by another recipe than this ``FORMAT``."""
+    return (
+        f"a corpus of another recipe (format {format_!r}, this one writes {FORMAT!r}) whose "
+        "splits are not this recipe's and must not be mixed with them"
+    )
 
 
 def _lacks_only_train_noisy(existing: dict[str, object], wanted: dict[str, object]) -> bool:

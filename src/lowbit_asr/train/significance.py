@@ -1,0 +1,391 @@
+"""Confidence intervals and paired significance tests for word error rates.
+
+Two evaluations of the same utterances are compared in two complementary ways:
+
+* the **paired bootstrap** of Bisani & Ney (ICASSP 2004): resample blocks of utterances with
+  replacement, recompute ΔWER = WER_B − WER_A on each replicate; the replicates give a confidence
+  interval of ΔWER and the probability that B is worse;
+* NIST's **matched-pairs sentence-segment word error test** (MAPSSWE, Gillick & Cox, ICASSP 1989)
+  as ``sc_stats -t mapsswe`` of SCTK runs it: cut every utterance into segments bounded by runs of
+  words both systems got right, and test the mean per-segment error difference against 0.
+
+Utterances of one speaker are not independent (same voice, same chapter): where a split has
+several utterances per speaker the bootstrap resamples *speakers* (their summed counts), not
+utterances, so the intervals are not too narrow (:func:`block_labels`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jiwer
+import numpy as np
+from scipy import stats
+
+from lowbit_asr.train.scoring import UtteranceScore
+
+MIN_GOOD = 2
+"""MAPSSWE: consecutive words both systems got right that bound a segment (SCTK's default)."""
+
+_NAN3 = (math.nan, math.nan, math.nan)
+
+
+# ---- blocks ---------------------------------------------------------------------------------
+
+
+def block_labels(scores: Sequence[UtteranceScore]) -> tuple[list[str] | None, str]:
+    """The bootstrap's blocks of a split: ``(speaker of every utterance, "speaker")`` where some
+    speaker has several utterances and there are at least two speakers, else ``(None,
+    "utterance")`` (every utterance its own block; one speaker cannot be resampled)."""
+    speakers = [s.speaker for s in scores]
+    distinct = len(set(speakers))
+    if 2 <= distinct < len(speakers):
+        return speakers, "speaker"
+    return None, "utterance"
+
+
+def _block_sums(arrays: Sequence[Sequence[float]], groups: Sequence[Hashable] | None,
+                ) -> list[np.ndarray]:
+    """The arrays as floats, summed per group (in order of first appearance) when ``groups``."""
+    out = [np.asarray(a, dtype=float) for a in arrays]
+    n = len(out[0])
+    if any(len(a) != n for a in out):
+        raise ValueError(f"arrays of different lengths: {[len(a) for a in out]}")
+    if groups is None:
+        return out
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group labels for {n} utterances")
+    index: dict[Hashable, int] = {}
+    inverse = np.fromiter((index.setdefault(g, len(index)) for g in groups), dtype=np.intp,
+                          count=n)
+    return [np.bincount(inverse, weights=a, minlength=len(index)) for a in out]
+
+
+def _batch(n_blocks: int) -> int:
+    """Replicates per batch: about 4M resampled values per array (tens of MB, not GBs, for a
+    few thousand utterance blocks)."""
+    return max(1, 4_000_000 // max(n_blocks, 1))
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, axis: int = -1) -> np.ndarray:
+    """sum(num) / sum(den) along ``axis`` (the bootstrap statistic, vectorised)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sum(num, axis=axis) / np.sum(den, axis=axis)
+
+
+def _delta(err_a: np.ndarray, err_b: np.ndarray, words: np.ndarray, axis: int = -1,
+           ) -> np.ndarray:
+    """(sum(err_b) − sum(err_a)) / sum(words) along ``axis``: ΔWER, vectorised."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (np.sum(err_b, axis=axis) - np.sum(err_a, axis=axis)) / np.sum(words, axis=axis)
+
+
+# ---- one system ------------------------------------------------------------------------------
+
+
+def ratio_ci(numerators: Sequence[float], denominators: Sequence[float],
+             groups: Sequence[Hashable] | None = None, confidence: float = 0.95,
+             n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``(sum(num) / sum(den), low, high)``: a ratio of sums (WER, CER, NLL per token) and its
+    BCa bootstrap interval over blocks (``groups``: one label per utterance; blocks are summed
+    first, then resampled in pairs (numerator, denominator)).
+
+    Degenerate data do not raise: one block, or every block with the same ratio, give a
+    zero-width interval ``(est, est, est)``; where BCa is undefined the percentile interval of
+    the same replicates is returned. A NaN numerator (NLL not computed) or no denominator gives
+    NaNs.
+    """
+    if len(numerators) == 0:
+        return _NAN3
+    num, den = _block_sums((numerators, denominators), groups)
+    total = float(den.sum())
+    est = float(num.sum()) / total if total > 0 else math.nan
+    if not math.isfinite(est):
+        return _NAN3
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = num[den > 0] / den[den > 0]
+    constant = ratios.size == 0 or bool(ratios.max() == ratios.min())
+    if len(num) < 2 or (constant and np.all(num[den <= 0] == 0)):
+        return est, est, est
+    with warnings.catch_warnings():
+        # scipy warns (DegenerateDataWarning) and returns NaN where BCa's acceleration or bias
+        # correction is undefined; the percentile fallback below handles that case.
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((num, den), _ratio, n_resamples=n_resamples, vectorized=True,
+                              paired=True, batch=_batch(len(num)), confidence_level=confidence,
+                              method="BCa", rng=np.random.default_rng(seed))
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        replicates = res.bootstrap_distribution[np.isfinite(res.bootstrap_distribution)]
+        alpha = 1.0 - confidence
+        low, high = (float(q) for q in np.quantile(replicates, [alpha / 2, 1.0 - alpha / 2]))
+    return est, low, high
+
+
+def split_metrics(scores: Sequence[UtteranceScore]) -> dict[str, Any]:
+    """A split's WER, CER and NLL per token with 95% bootstrap intervals (JSON-serialisable:
+    plain ints and floats, NaN where not computed)."""
+    groups, blocks = block_labels(scores)
+    words = [s.ref_words for s in scores]
+    errors = [s.word_errors for s in scores]
+    chars = [s.ref_chars for s in scores]
+    char_errors = [s.char_errors for s in scores]
+    wer, wer_lo, wer_hi = ratio_ci(errors, words, groups)
+    cer, cer_lo, cer_hi = ratio_ci(char_errors, chars, groups)
+    nll, nll_lo, nll_hi = ratio_ci([s.nll for s in scores], [s.ref_tokens for s in scores],
+                                   groups)
+    return {
+        "utterances": len(scores), "speakers": len({s.speaker for s in scores}),
+        "words": int(sum(words)), "errors": int(sum(errors)),
+        "wer": wer, "wer_ci": [wer_lo, wer_hi],
+        "chars": int(sum(chars)), "char_errors": int(sum(char_errors)),
+        "cer": cer, "cer_ci": [cer_lo, cer_hi],
+        "nll_per_token": nll, "nll_ci": [nll_lo, nll_hi],
+        "blocks": blocks,
+    }
+
+
+# ---- two systems: paired bootstrap -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """Bisani & Ney's paired bootstrap of ΔWER = WER_B − WER_A (fractions, not percent)."""
+
+    delta: float  #: WER_B − WER_A on the data
+    low: float  #: lower bound of the percentile interval
+    high: float  #: upper bound
+    prob_b_worse: float  #: share of replicates with ΔWER > 0 (1 − "probability of improvement")
+
+
+def paired_bootstrap(errors_a: Sequence[float], errors_b: Sequence[float],
+                     words: Sequence[float], groups: Sequence[Hashable] | None = None,
+                     confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0,
+                     ) -> PairedBootstrap:
+    """Resample blocks (``groups``, else utterances) of (errors A, errors B, words) together and
+    recompute ΔWER on each replicate.
+
+    The interval is the *percentile* interval, as in Bisani & Ney: it is then consistent with
+    ``prob_b_worse`` read off the same replicates (the interval excludes 0 exactly when nearly
+    all replicates lie on one side), and ΔWER's bootstrap distribution is close to symmetric,
+    where BCa's correction buys little. Identical systems give ``(0, 0, 0, 0)``.
+    """
+    err_a, err_b, n_words = _block_sums((errors_a, errors_b, words), groups)
+    total = float(n_words.sum())
+    if total <= 0:
+        return PairedBootstrap(math.nan, math.nan, math.nan, math.nan)
+    delta = float(err_b.sum() - err_a.sum()) / total
+    if np.array_equal(err_a, err_b):
+        return PairedBootstrap(delta, delta, delta, 0.0)
+    if len(n_words) < 2:
+        return PairedBootstrap(delta, delta, delta, float(delta > 0))
+    res = stats.bootstrap((err_a, err_b, n_words), _delta, n_resamples=n_resamples,
+                          vectorized=True, paired=True, batch=_batch(len(n_words)),
+                          confidence_level=confidence, method="percentile",
+                          rng=np.random.default_rng(seed))
+    replicates = res.bootstrap_distribution
+    return PairedBootstrap(delta=delta, low=float(res.confidence_interval.low),
+                           high=float(res.confidence_interval.high),
+                           prob_b_worse=float(np.mean(replicates > 0)))
+
+
+# ---- two systems: MAPSSWE --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mapsswe:
+    """Matched-pairs sentence-segment word error test (B − A: positive means B makes more)."""
+
+    segments: int  #: segments where at least one system made an error
+    mean_difference: float  #: mean over segments of errors_B − errors_A
+    z: float  #: mean / (sample standard deviation / sqrt(segments))
+    p_value: float  #: two-sided, normal approximation
+
+
+def _alignment_marks(n_ref: int, chunks: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per reference word: recognised correctly; per gap (before word i; gap ``n_ref`` after the
+    last): inserted words. ``chunks`` None: an empty hypothesis (everything deleted)."""
+    correct = np.zeros(n_ref, dtype=bool)
+    inserted = np.zeros(n_ref + 1, dtype=np.int64)
+    for chunk in chunks or ():
+        if chunk.type == "equal":
+            correct[chunk.ref_start_idx:chunk.ref_end_idx] = True
+        elif chunk.type == "insert":
+            inserted[chunk.ref_start_idx] += chunk.hyp_end_idx - chunk.hyp_start_idx
+    return correct, inserted
+
+
+def _alignments(refs: Sequence[str], hyps: Sequence[str]) -> list[Any]:
+    """jiwer's word alignment of every pair (None where the hypothesis is empty)."""
+    pairs = [(i, r, h) for i, (r, h) in enumerate(zip(refs, hyps, strict=True)) if h.split()]
+    out: list[Any] = [None] * len(refs)
+    if pairs:
+        result = jiwer.process_words([r for _, r, _ in pairs], [h for _, _, h in pairs])
+        for (i, _, _), chunks in zip(pairs, result.alignments, strict=True):
+            out[i] = chunks
+    return out
+
+
+def segment_errors(correct_a: np.ndarray, inserted_a: np.ndarray, correct_b: np.ndarray,
+                   inserted_b: np.ndarray, min_good: int = MIN_GOOD) -> list[tuple[int, int]]:
+    """One utterance's MAPSSWE segments as ``(errors A, errors B)``.
+
+    A *boundary* is a run of at least ``min_good`` consecutive reference words both systems got
+    right with no insertion (by either) between them; the stretches between boundaries and the
+    utterance's ends are the segments. A segment's errors are its misrecognised reference words
+    and the insertions in its gaps (an insertion next to a boundary belongs to the segment on
+    its side). Segments without an error by either system are left out, as SCTK does.
+    """
+    n = len(correct_a)
+    good = correct_a & correct_b
+    wrong_a = ~correct_a
+    wrong_b = ~correct_b
+    # Runs of good words, split where a gap inside the run holds an insertion.
+    boundaries: list[tuple[int, int]] = []  # [first, last] word of each boundary run
+    i = 0
+    while i < n:
+        if not good[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and good[j + 1] and inserted_a[j + 1] == 0 and inserted_b[j + 1] == 0:
+            j += 1
+        if j - i + 1 >= min_good:
+            boundaries.append((i, j))
+        i = j + 1
+    segments = []
+    start = 0  # first word (and first gap) of the current stretch
+    for first, last in [*boundaries, (n, n)]:
+        # words start..first-1 and gaps start..first (the sentinel: gaps up to n)
+        errors_a = int(wrong_a[start:first].sum() + inserted_a[start:first + 1].sum())
+        errors_b = int(wrong_b[start:first].sum() + inserted_b[start:first + 1].sum())
+        if errors_a or errors_b:
+            segments.append((errors_a, errors_b))
+        start = last + 1
+    return segments
+
+
+def mapsswe(refs: Sequence[str], hyps_a: Sequence[str], hyps_b: Sequence[str],
+            min_good: int = MIN_GOOD) -> Mapsswe:
+    """NIST's MAPSSWE test of two systems on the same utterances (see :func:`segment_errors`).
+
+    ``z`` is the mean segment difference over its standard error (sample standard deviation,
+    n − 1), referred to the standard normal, as SCTK does; scipy.stats has no such segment test
+    (``ttest_1samp`` would use Student's t), so only the tail probability comes from it. All
+    differences 0 (identical systems) or fewer than 2 segments give ``z = 0, p = 1``; a non-zero
+    constant difference over several segments gives ``z = ±inf, p = 0`` (SCTK reports Z = 0
+    there, a division by zero it guards as "no difference").
+    """
+    if not len(refs) == len(hyps_a) == len(hyps_b):
+        raise ValueError(f"{len(refs)} references, {len(hyps_a)} and {len(hyps_b)} hypotheses")
+    refs = [" ".join(r.split()) for r in refs]
+    ali_a = _alignments(refs, [" ".join(h.split()) for h in hyps_a])
+    ali_b = _alignments(refs, [" ".join(h.split()) for h in hyps_b])
+    diffs: list[int] = []
+    for ref, chunks_a, chunks_b in zip(refs, ali_a, ali_b, strict=True):
+        n_ref = len(ref.split())
+        marks_a = _alignment_marks(n_ref, chunks_a)
+        marks_b = _alignment_marks(n_ref, chunks_b)
+        diffs += [b - a for a, b in segment_errors(*marks_a, *marks_b, min_good=min_good)]
+    d = np.asarray(diffs, dtype=float)
+    if len(d) == 0:
+        return Mapsswe(0, 0.0, 0.0, 1.0)
+    mean = float(d.mean())
+    if len(d) < 2 or not np.any(d):
+        return Mapsswe(len(d), mean, 0.0, 1.0)
+    sd = float(d.std(ddof=1))
+    z = mean / (sd / math.sqrt(len(d))) if sd > 0 else math.copysign(math.inf, mean)
+    return Mapsswe(len(d), mean, z, float(2.0 * stats.norm.sf(abs(z))))
+
+
+# ---- decisions -------------------------------------------------------------------------------
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (family-wise error rate), in the input order.
+
+    scipy.stats.false_discovery_control offers only Benjamini–Hochberg/Yekutieli (false
+    discovery rate), hence this step-down: p_(i) · (m − i + 1), made monotone, capped at 1.
+    """
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out = np.empty(m)
+    out[order] = adjusted
+    return [float(x) for x in out]
+
+
+def non_inferior(delta_high: float, reference_wer: float, margin_relative: float = 0.03,
+                 ) -> bool:
+    """B is within ``margin_relative`` (relative) of A's WER: the upper bound of ΔWER's interval
+    is at most ``margin_relative · WER_A``."""
+    return bool(delta_high <= margin_relative * reference_wer)
+
+
+def _check_pairing(split: str, a: Sequence[UtteranceScore], b: Sequence[UtteranceScore],
+                   ) -> None:
+    """Refuse two evaluations that are not of the same utterances with the same references."""
+    for name, scores in (("A", a), ("B", b)):
+        ids = [s.id for s in scores]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
+            raise ValueError(f"split {split}: {name} holds utterance ids more than once: {dup}")
+    ids_a, ids_b = {s.id for s in a}, {s.id for s in b}
+    if ids_a != ids_b:
+        only_a, only_b = sorted(ids_a - ids_b), sorted(ids_b - ids_a)
+        parts = [f"{len(ids_a)} utterances in A, {len(ids_b)} in B"]
+        if only_a:
+            parts.append(f"{len(only_a)} only in A (e.g. {', '.join(only_a[:3])})")
+        if only_b:
+            parts.append(f"{len(only_b)} only in B (e.g. {', '.join(only_b[:3])})")
+        raise ValueError(f"split {split}: the evaluations are not of the same utterances: "
+                         + "; ".join(parts))
+    ref_b = {s.id: s.reference for s in b}
+    differing = sorted(s.id for s in a if s.reference != ref_b[s.id])
+    if differing:
+        first = differing[0]
+        raise ValueError(
+            f"split {split}: {len(differing)} references differ between A and B (e.g. {first}:"
+            f" {next(s.reference for s in a if s.id == first)!r} vs {ref_b[first]!r})")
+
+
+def compare_split(split: str, a: Sequence[UtteranceScore], b: Sequence[UtteranceScore],
+                  alpha: float = 0.05) -> dict[str, Any]:
+    """Paired comparison of two evaluations of one split (B against A).
+
+    Utterances are paired by id; both tests run on the pairs, the bootstrap over speaker blocks
+    as in :func:`split_metrics`. The verdict is MAPSSWE's at level ``alpha`` (the sign from
+    ΔWER); the interval is at confidence ``1 − alpha``. Raises ``ValueError`` naming the split
+    when the ids or any reference differ.
+    """
+    if not a and not b:
+        raise ValueError(f"split {split}: no utterances to compare")
+    _check_pairing(split, a, b)
+    a = sorted(a, key=lambda s: s.id)
+    b = sorted(b, key=lambda s: s.id)
+    groups, blocks = block_labels(a)
+    words = [s.ref_words for s in a]
+    total = sum(words)
+    boot = paired_bootstrap([s.word_errors for s in a], [s.word_errors for s in b], words,
+                            groups, confidence=1.0 - alpha)
+    test = mapsswe([s.reference for s in a], [s.hypothesis for s in a],
+                   [s.hypothesis for s in b])
+    if test.p_value < alpha and boot.delta != 0:
+        verdict = "B worse" if boot.delta > 0 else "B better"
+    else:
+        verdict = "no significant difference"
+    return {
+        "split": split, "utterances": len(a), "speakers": len({s.speaker for s in a}),
+        "words": int(total), "blocks": blocks,
+        "wer_a": sum(s.word_errors for s in a) / total,
+        "wer_b": sum(s.word_errors for s in b) / total,
+        "delta": boot.delta, "delta_ci": [boot.low, boot.high],
+        "prob_b_worse": boot.prob_b_worse,
+        "mapsswe_p": test.p_value, "mapsswe_z": test.z, "segments": test.segments,
+        "verdict": verdict,
+    }
