@@ -52,52 +52,9 @@ def test_frontier_command_logs_offline(make_sweep, tmp_path):
     assert list((sweep / "wandb").glob("offline-run-*"))
 
 
-def _evaluated_sweep(root, drop_every):
-    """A float reference (experiment grid) and quantized points whose hypotheses drop every
-    n-th utterance's last word (0: identical to the reference), each with its per-utterance
-    evaluation, as a training run writes them."""
-    import random
-
-    from lowbit_asr.train.scoring import score_utterance, write_evaluation
-
-    rng = random.Random(0)
-    words = "the cat sat on a mat and then it ran far away from home".split()
-    refs = {f"{1000 + i // 4}-{2000 + i // 4}-{i % 4:04d}":
-            " ".join(rng.choice(words) for _ in range(rng.randint(8, 16))) for i in range(240)}
-    # Errors every system shares (about one word in five substituted), as a real model makes.
-    base = {uid: [w if rng.random() > 0.2 else "x" for w in ref.split()]
-            for uid, ref in refs.items()}
-    for name, (quantizer, bits, size, bpw, every) in drop_every.items():
-        run = root / name
-        splits = {}
-        for split in ("test-clean", "test-other"):
-            scores = []
-            for k, (uid, ref) in enumerate(sorted(refs.items())):
-                hyp = base[uid][:-1] if every and k % every == 0 else base[uid]
-                if split == "test-other" and k % 3 == 0:  # some errors everyone shares
-                    hyp = hyp[1:]
-                scores.append(score_utterance(uid, ref, " ".join(hyp), nll=1.0, ref_tokens=5))
-            splits[split] = scores
-        summary = write_evaluation(run / "eval", splits, {"model": name})
-        row = {"status": "ok", "run_id": name, "experiment": "grid", "quantizer": quantizer,
-               "quant_bits": bits, "quant_symmetric": False,
-               "quant_granularity": "float" if bits == 32 else "per_channel",
-               "quant_group": "", "quant_clip": "none", "size_bytes": int(size * 1e6),
-               "size_mb": size, "bits_per_quantized_weight": bpw,
-               "wer": {s: summary["splits"][s]["wer"] for s in splits},
-               "wer_ci": {s: summary["splits"][s]["wer_ci"] for s in splits},
-               "evaluation": "eval/evaluation.json", "commit": "abc", "command": "x"}
-        (run / "results.json").write_text(json.dumps(row))
-    return root
-
-
-def test_lossless_verdicts_and_headline_come_from_the_paired_tests(tmp_path):
-    sweep = _evaluated_sweep(tmp_path / "sweep", {
-        "ref": ("none", 32, 16.0, 32.0, 0),
-        "int4": ("int4_asym", 4, 2.2, 4.1, 0),  # identical to the reference: lossless
-        "int2": ("int2_asym", 2, 1.2, 2.1, 120),  # 2 dropped words in 240 utterances: lossless
-        "int2_bad": ("int2_sym", 2, 1.1, 2.1, 2),  # every second utterance loses a word
-    })
+def test_lossless_verdicts_and_headline_come_from_the_paired_tests(
+        tmp_path, make_evaluated_sweep):
+    sweep = make_evaluated_sweep(tmp_path / "sweep")
     flat, splits = frontier_rows(load_rows(sweep))
     by = {i["quantizer"]: i for i in flat}
     assert by["none"]["reference"] and by["none"]["lossless"] is True
