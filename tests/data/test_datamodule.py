@@ -38,6 +38,7 @@ def make_cfg(root: Path, cache: Path, **overrides: Any) -> DatasetConfig:
         "cache_dir": str(cache),
         "tokenizer": {"units": "sentencepiece", "vocab_size": 40},
         "max_batch_seconds": 8.0,
+        "eval_batch_seconds": 8.0,  # evaluation batches like validation, to compare them
         "max_utterance_seconds": 4.0,
         "num_buckets": 4,
         "num_workers": 0,

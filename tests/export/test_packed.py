@@ -31,6 +31,7 @@ from lowbit_asr.quant import (
 from lowbit_asr.quant.container import _digest, is_packed_file, read_packed, write_packed
 from lowbit_asr.quant.policy import logical_name
 from lowbit_asr.train.checkpoint import read_checkpoint, restore
+from lowbit_asr.train.scoring import load_evaluation
 
 HEADER_ALLOWANCE = 64 * 1024
 # A 1-block model keeps training and decoding to seconds (as in tests/train/test_train_e2e.py).
@@ -272,19 +273,25 @@ def test_cli_export_then_evaluate_gives_the_same_wer(
             [
                 "evaluate",
                 f"checkpoint={path}",
-                f"out={tmp_path / kind}.json",
+                f"out={tmp_path / kind}",
                 *_dataset_args(tiny_corpus.root, tmp_path / "cache"),
                 "splits=[test-clean]",
             ]
         )
-        results[kind] = json.loads((tmp_path / f"{kind}.json").read_text())
-    assert results["packed"]["quantizer"] == results["ckpt"]["quantizer"] == "int2_asym_g16"
+        results[kind] = load_evaluation(tmp_path / kind)
+    assert results["packed"][0]["quantizer"] == results["ckpt"][0]["quantizer"] == "int2_asym_g16"
     for key in ("wer", "errors", "words", "utterances"):
         assert (
-            results["packed"]["splits"]["test-clean"][key]
-            == (results["ckpt"]["splits"]["test-clean"][key])
+            results["packed"][0]["splits"]["test-clean"][key]
+            == (results["ckpt"][0]["splits"]["test-clean"][key])
         ), key
-    assert results["ckpt"]["splits"]["test-clean"]["utterances"] > 0
+    # Utterance by utterance: the same hypotheses, counts and (to float rounding) NLL.
+    packed, ckpt = results["packed"][1]["test-clean"], results["ckpt"][1]["test-clean"]
+    assert [(u.id, u.hypothesis, u.word_errors) for u in packed] == [
+        (u.id, u.hypothesis, u.word_errors) for u in ckpt]
+    assert all(abs(a.nll - b.nll) <= 1e-4 * max(1.0, abs(b.nll))
+               for a, b in zip(packed, ckpt, strict=True))
+    assert results["ckpt"][0]["splits"]["test-clean"]["utterances"] > 0
 
 
 def test_packed_file_is_recognised_by_its_bytes_not_its_name(qat_checkpoint, packed_qat, tmp_path):
@@ -468,6 +475,9 @@ def test_pickle_bearing_files_are_refused_without_running_code(tmp_path):
 def test_packed_module_scores_like_the_checkpoint(qat_checkpoint, packed_qat):
     module, _, _ = restore(read_checkpoint(qat_checkpoint))
     packed, _, _, _ = load_packed_module(packed_qat)
-    feats, feat_lens, _, _ = _batch(feat_dim=80)
-    batch = {"feats": feats, "feat_lens": feat_lens, "texts": ["a b", "c", "d e f"]}
-    assert packed.score_batch(batch)[:2] == module.score_batch(batch)[:2]
+    feats, feat_lens, targets, target_lens = _batch(feat_dim=80)
+    targets = targets % (module.tokenizer.vocab_size - 1) + 1
+    batch = {"feats": feats, "feat_lens": feat_lens, "targets": targets,
+             "target_lens": target_lens, "ids": ["1-1-0", "1-1-1", "2-1-0"],
+             "texts": ["a b", "c", "d e f"]}
+    assert packed.score_batch(batch)[0] == module.score_batch(batch)[0]
