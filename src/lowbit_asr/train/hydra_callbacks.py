@@ -25,7 +25,9 @@ class FrontierOnMultirunEnd(Callback):
             log.warning("no frontier: %s", err)
             return
         log.info("frontier written: %s", ", ".join(str(p) for p in paths.values()))
-        mode = str(config.get("logger", {}).get("wandb", {}).get("mode", "offline"))
+        wandb_cfg = config.get("logger", {}).get("wandb", {})
+        mode = str(wandb_cfg.get("mode", "offline")) if wandb_cfg.get("enabled", True) else (
+            "disabled")
         try:  # the frontier files are written either way; W&B is a copy of them
             log_frontier_to_wandb(paths, mode=mode)
         except Exception as err:  # noqa: BLE001 - a W&B failure must not lose the sweep's end
