@@ -74,3 +74,15 @@ def test_lossless_verdicts_and_headline_come_from_the_paired_tests(
     assert data["headline"]["lossless"]["low"] == "int2_asym"
     assert abs(data["headline"]["lossless"]["ratio"] - 1.2 / 2.2) < 1e-3
     assert paths["png_2_per_channel"].is_file()
+
+
+def test_a_row_without_wers_is_listed_as_failed(make_sweep, tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    (sweep / "8").mkdir()
+    (sweep / "8" / "results.json").write_text(json.dumps(
+        {"status": "ok", "run_id": "8", "quantizer": "int4_sym", "size_bytes": 1}))
+    rows = {r["run_id"]: r for r in load_rows(sweep)}
+    assert rows["8"]["status"] == "failed" and "no WERs" in rows["8"]["error"]
+    assert "8/results.json" in rows["8"]["error"]
+    flat, _ = frontier_rows(list(rows.values()))
+    assert "int4_sym" not in {i["quantizer"] for i in flat}

@@ -131,3 +131,16 @@ def test_tiny_sweep_writes_the_frontier_and_survives_a_failing_point(tiny_corpus
     assert "does not divide" in failed["error"]
     assert (sweep / "frontier.png").is_file()
     assert "Failed runs (1)" in (sweep / "frontier.md").read_text()
+
+
+def test_a_run_the_time_guard_stops_is_truncated_not_ok(tiny_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _run(["train", *_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL,
+                 "logger=csv", "trainer.max_steps=100000", "trainer.max_time=00:00:00:02",
+                 "trainer.val_check_interval=1", "trainer.limit_val_batches=1",
+                 "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"],
+                cwd=tmp_path, ok=False)
+    assert proc.returncode != 0
+    row = json.loads((run_dir / "results.json").read_text())
+    assert row["status"] == "truncated" and 0 < row["steps"] < 100000
+    assert "trainer.max_steps=100000" in row["error"] and "max_time" in row["error"]
