@@ -461,6 +461,10 @@ def log_frontier_to_wandb(paths: dict[str, Path], mode: str = "offline",
     splits = data["splits"]
     columns = [*WANDB_COLUMNS, *[f"{c}_{s}" for s in splits for c in WANDB_SPLIT_COLUMNS]]
     rows = [[_wandb_cell(p.get(c)) for c in columns] for p in data["points"]]
+    for j in range(len(columns)):  # W&B tables want one type per column (bits: 4 or "mixed")
+        if len({type(r[j]) for r in rows if r[j] is not None}) > 1:
+            for r in rows:
+                r[j] = None if r[j] is None else str(r[j])
     run = wandb.init(project=project, mode=mode, job_type="frontier",
                      name=name or f"frontier-{paths['json'].parent.name}",
                      dir=str(paths["json"].parent), reinit="finish_previous")
