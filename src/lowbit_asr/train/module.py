@@ -55,8 +55,6 @@ class RNNTModule(L.LightningModule):
         self.fake_quant_after_steps = fake_quant_after_steps
         self.test_split_names = list(test_split_names or [])
         self._counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        self._decode_seconds: dict[str, float] = defaultdict(float)
-        self._audio_seconds: dict[str, float] = defaultdict(float)
         self._train_start: float | None = None
         self._last_batch: tuple[list[str], Tensor | None] = ([], None)  # last step's ids, loss
         self._skipped_steps = 0
@@ -205,9 +203,7 @@ class RNNTModule(L.LightningModule):
         return scores, {"audio_seconds": audio, "decode_seconds": decode}
 
     def _evaluate(self, batch: dict[str, Any], key: str) -> None:
-        scores, decode_seconds, audio_seconds = self.score_batch(batch, nll=False)
-        self._decode_seconds[key] += decode_seconds
-        self._audio_seconds[key] += audio_seconds
+        scores, _, _ = self.score_batch(batch, nll=False)
         self._counts[key][0] += sum(s.word_errors for s in scores)
         self._counts[key][1] += sum(s.ref_words for s in scores)
 
@@ -229,5 +225,3 @@ class RNNTModule(L.LightningModule):
         if self._train_start is not None:
             minutes = (time.perf_counter() - self._train_start) / 60
             self.log("time/train_minutes", minutes, sync_dist=False)
-        self._decode_seconds.pop("val", None)
-        self._audio_seconds.pop("val", None)
