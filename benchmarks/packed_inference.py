@@ -108,11 +108,11 @@ def _child(path: Path, kind: str, feats_path: Path) -> dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _corpus_feats(args: argparse.Namespace, tokenizer, stats, cache: Path) -> list[torch.Tensor]:
+def _corpus_feats(args: argparse.Namespace, tokenizer, frontend, cache: Path) -> list[torch.Tensor]:
     from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
 
     dataset = DatasetConfig(root=args.corpus, num_workers=0, cache_dir=str(cache))
-    data = AsrDataModule(dataset, tokenizer=tokenizer, stats=stats)
+    data = AsrDataModule(dataset, tokenizer=tokenizer, frontend=frontend)
     feats: list[torch.Tensor] = []
     for batch in data.eval_dataloader(args.corpus, args.split):
         for x, n in zip(batch["feats"], batch["feat_lens"], strict=True):
@@ -140,6 +140,7 @@ def main() -> None:
         return
 
     torch.set_num_threads(1)
+    from lowbit_asr.data.audio import N_MELS
     from lowbit_asr.data.features import FeatureStats
     from lowbit_asr.data.tokenizer import CharTokenizer, Tokenizer
     from lowbit_asr.packed import export_packed
@@ -148,11 +149,12 @@ def main() -> None:
     from lowbit_asr.train.checkpoint import read_checkpoint
     from lowbit_asr.train.module import RNNTModule
 
+    # Random weights: identity statistics (a front end needs some to be exported).
+    unit = FeatureStats(torch.zeros(N_MELS), torch.ones(N_MELS), 1, 1)
     if args.checkpoint:
         ckpt = read_checkpoint(args.checkpoint)
         model_cfg = ckpt["hyper_parameters"]["model"]
         tokenizer = Tokenizer.from_state(ckpt["hyper_parameters"]["tokenizer"])
-        stats_dict = ckpt["AsrDataModule"]["feature_stats"]
         weights = {
             logical_name(k.removeprefix("model.")): v
             for k, v in ckpt["state_dict"].items()
@@ -162,15 +164,20 @@ def main() -> None:
     else:
         model_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{args.model}.yaml"))
         tokenizer = CharTokenizer()
-        feat_dim = model_cfg["encoder"]["feat_dim"]
-        stats_dict = FeatureStats(torch.zeros(feat_dim), torch.ones(feat_dim), 0, 0).to_dict()
         weights = None
         source = f"{args.model}, random weights (seed 0)"
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if args.corpus:
-            feats = _corpus_feats(args, tokenizer, FeatureStats.from_dict(stats_dict), tmp)
+            frontend = RNNTModule(model=model_cfg, tokenizer=tokenizer.state_dict()).model.frontend
+            if weights is not None:
+                frontend.load_state_dict({k.removeprefix("frontend."): v
+                                          for k, v in weights.items()
+                                          if k.startswith("frontend.")})
+            else:
+                frontend.set_stats(unit)
+            feats = _corpus_feats(args, tokenizer, frontend, tmp)
         else:
             g = torch.Generator().manual_seed(0)
             frames = int(args.seconds / FRAME_SECONDS)
@@ -201,12 +208,13 @@ def main() -> None:
             )
             if weights is not None:
                 load_float_state_dict(module.model, weights)
+            else:
+                module.model.frontend.set_stats(unit)
             ckpt_path, packed_path = tmp / f"{name}.ckpt", tmp / f"{name}.lbq"
             torch.save(
                 {
                     "hyper_parameters": dict(module.hparams),
                     "state_dict": module.state_dict(),
-                    "AsrDataModule": {"feature_stats": stats_dict},
                 },
                 ckpt_path,
             )

@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    module, tokenizer, stats = restore(read_checkpoint(args.checkpoint))
+    module, tokenizer = restore(read_checkpoint(args.checkpoint))
+    frontend = module.model.frontend
     if not (Path(args.corpus) / MANIFEST).is_file():
         raise SystemExit(f"{args.corpus}: not a generated corpus (no {MANIFEST} with voices)")
     speakers = CorpusManifest.load(Path(args.corpus)).speakers
@@ -80,7 +81,7 @@ def main() -> None:
             audio = synthesize(voice, sentences, Path(tmp))
         examples = [
             Example(
-                feats=stats.normalise(logmel(torch.from_numpy(a).float())),
+                feats=frontend.normalise(logmel(torch.from_numpy(a).float())),
                 targets=torch.tensor(tokenizer.encode(s, "synth"), dtype=torch.int64),
                 text=normalise_text(s),
                 id=f"synth-{i}",

@@ -42,12 +42,12 @@ def main() -> None:
                         help="evaluate with the spectrum warped by each factor (1 = as is)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    module, tokenizer, stats = restore(read_checkpoint(args.checkpoint))
+    module, tokenizer = restore(read_checkpoint(args.checkpoint))
     if not (Path(args.corpus) / MANIFEST).is_file():
         raise SystemExit(f"{args.corpus}: not a generated corpus (no {MANIFEST} with voices)")
     speakers = CorpusManifest.load(Path(args.corpus)).speakers
     data = AsrDataModule(DatasetConfig(root=args.corpus, precompute_features=True),
-                         tokenizer=tokenizer, stats=stats)
+                         tokenizer=tokenizer, frontend=module.model.frontend)
     print(f"checkpoint {args.checkpoint}, greedy decoding, up to {args.utterances} utterances"
           " per split\n")
     print("| split | freq. warp | engine:voice | utterances | words | WER % |"
@@ -58,7 +58,7 @@ def main() -> None:
         utterances = data.manifest(split).utterances
         step = max(1, len(utterances) // args.utterances)
         chosen = utterances[::step][: args.utterances]
-        dataset = AsrDataset(chosen, tokenizer, stats, data.features)
+        dataset = AsrDataset(chosen, tokenizer, module.model.frontend.normalise, data.features)
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         example: dict[str, str] = {}
         for start in range(0, len(chosen), args.batch):

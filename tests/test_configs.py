@@ -53,8 +53,8 @@ def test_experiment_is_a_delta_over_defaults(tmp_path):
     base = _compose(root=tmp_path)
     float_mini = _compose("experiment=float_mini", root=tmp_path)
     assert float_mini["model"]["ctc_weight"] == 1.0 and base["model"]["ctc_weight"] == 0.0
-    assert float_mini["dataset"]["normalisation"] == "utterance"
-    assert base["dataset"]["normalisation"] == "global"
+    assert float_mini["model"]["frontend"]["normalisation"] == "utterance"
+    assert base["model"]["frontend"]["normalisation"] == "global"
     # What the experiment does not set is inherited from the groups.
     assert float_mini["model"]["encoder"]["conv_kernel"] == base["model"]["encoder"]["conv_kernel"]
     assert (float_mini["model"]["encoder"]["d_model"], base["model"]["encoder"]["d_model"]) == (

@@ -8,6 +8,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "size": ("lowbit_asr.commands.size", "per-tensor size table of a model under a quantizer"),
     "train": ("lowbit_asr.commands.train", "train a Conformer RNN-T (float or QAT) with Hydra"),
+    "transcribe": ("lowbit_asr.commands.transcribe", "text of audio files (packed file or ckpt)"),
     "evaluate": ("lowbit_asr.commands.evaluate", "WER and real-time factor of a checkpoint"),
     "export": ("lowbit_asr.commands.export", "pack a checkpoint into its low-bit file (.lbq)"),
     "frontier": ("lowbit_asr.commands.frontier", "size-vs-WER Pareto front of a sweep directory"),

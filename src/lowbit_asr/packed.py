@@ -1,13 +1,15 @@
 """Packed low-bit export of a trained model, and loading it back for evaluation and decoding.
 
     report = export_packed("runs/.../checkpoints/best.ckpt", "model.lbq")
-    model, tokenizer, stats, metadata = load_packed("model.lbq")   # eval-mode RNNT, plain weights
+    model, tokenizer, metadata = load_packed("model.lbq")   # eval-mode RNNT, plain weights
 
 The file is :mod:`lowbit_asr.quant.container`'s (safetensors + JSON, no pickle): the model's
 quantized weights as b-bit codes with their scales, its other tensors as floats, so that its
 size is the accounted size plus a header of ~20 KB. The header also carries what a checkpoint
 carries besides weights — the training hyper-parameters (model config, tokenizer state, quantizer
-policy) and the feature statistics — so a packed file is all a user needs to transcribe.
+policy); the front end's feature statistics are tensors of the model like any other — so a packed
+file is all a user needs to transcribe (``lowbit-asr transcribe``). Files written before the front
+end moved into the model (statistics in ``extra.feature_stats``) are converted when read.
 Loading dequantizes every weight with the function fake quantization uses: the weights, the
 outputs and the WER equal the fake-quant checkpoint's exactly.
 """
@@ -20,12 +22,11 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from lowbit_asr.data.features import FeatureStats
 from lowbit_asr.data.tokenizer import Tokenizer
 from lowbit_asr.model.rnnt import RNNT, build_model
 from lowbit_asr.quant import load_float_state_dict, size_report
 from lowbit_asr.quant.container import PackedFile, is_packed_file, read_packed, write_packed
-from lowbit_asr.train.checkpoint import read_checkpoint, restore
+from lowbit_asr.train.checkpoint import read_checkpoint, restore, upgrade_frontend_state
 from lowbit_asr.train.module import RNNTModule
 
 SUFFIX = ".lbq"
@@ -67,21 +68,16 @@ class LoadedPacked(NamedTuple):
     model: RNNT
     """Eval-mode model with plain (dequantized) weights: no parametrization."""
     tokenizer: Tokenizer
-    stats: FeatureStats
     metadata: PackedFile
-    """The file's table, quantizer policy and ``extra`` (hyper-parameters, feature stats)."""
+    """The file's table, quantizer policy and ``extra`` (hyper-parameters, source)."""
 
 
 def export_packed(checkpoint_path: str | Path, out_path: str | Path) -> ExportReport:
     """Pack a training checkpoint (float or QAT) into ``out_path``; never unpickles code."""
     ckpt = read_checkpoint(checkpoint_path)
-    module, _, _ = restore(ckpt)
-    stats = dict(ckpt["AsrDataModule"]["feature_stats"])
-    for key in ("mean", "std"):  # float32 values: 9 significant digits restore them exactly
-        stats[key] = [float(f"{v:.9g}") for v in stats[key]]
+    module, _ = restore(ckpt)
     extra = {
         "hyper_parameters": dict(ckpt["hyper_parameters"]),
-        "feature_stats": stats,
         "source": {
             "checkpoint": Path(checkpoint_path).name,
             "global_step": ckpt.get("global_step"),
@@ -103,23 +99,24 @@ def export_packed(checkpoint_path: str | Path, out_path: str | Path) -> ExportRe
     )
 
 
-def _read(path: Path) -> tuple[dict[str, Tensor], PackedFile, dict[str, Any], FeatureStats]:
-    """State dict, description, hyper-parameters and feature statistics of a packed model."""
+def _read(path: Path) -> tuple[dict[str, Tensor], PackedFile, dict[str, Any]]:
+    """State dict, description and hyper-parameters of a packed model (an older file's
+    feature statistics converted into the front end's tensors)."""
     state, described = read_packed(path)
     extra = described.extra
-    missing = [key for key in ("hyper_parameters", "feature_stats") if key not in extra]
-    if missing:
+    if "hyper_parameters" not in extra:
         raise ValueError(
-            f"{path}: a packed file, but not a lowbit-asr model: 'extra' lacks {missing}"
+            f"{path}: a packed file, but not a lowbit-asr model: 'extra' lacks hyper_parameters"
         )
-    hparams = extra["hyper_parameters"]
+    hparams = dict(extra["hyper_parameters"]) if isinstance(extra["hyper_parameters"], dict) \
+        else extra["hyper_parameters"]
     try:
-        stats = FeatureStats.from_dict(extra["feature_stats"])
         if not isinstance(hparams, dict) or not {"model", "tokenizer"} <= set(hparams):
             raise ValueError("hyper_parameters need 'model' and 'tokenizer'")
+        upgrade_frontend_state(state, hparams, extra.get("feature_stats"), "", str(path))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: metadata 'extra': {err}") from err
-    return state, described, hparams, stats
+    return state, described, hparams
 
 
 def _load_weights(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
@@ -130,39 +127,41 @@ def _load_weights(model: nn.Module, state: dict[str, Tensor], path: Path) -> Non
 
 
 def load_packed(path: str | Path) -> LoadedPacked:
-    """The eval-mode model (dequantized plain weights), tokenizer, feature stats and metadata."""
+    """The eval-mode model (dequantized plain weights, its front end's statistics included),
+    tokenizer and metadata."""
     path = Path(path)
-    state, described, hparams, stats = _read(path)
+    state, described, hparams = _read(path)
     try:
         tokenizer = Tokenizer.from_state(hparams["tokenizer"])
         model = build_model(hparams["model"], tokenizer.vocab_size)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: metadata 'extra' hyper_parameters: {err}") from err
     _load_weights(model, state, path)
-    return LoadedPacked(model.eval(), tokenizer, stats, described)
+    return LoadedPacked(model.eval(), tokenizer, described)
 
 
-def load_packed_module(path: str | Path) -> tuple[RNNTModule, Tokenizer, FeatureStats, PackedFile]:
+def load_packed_module(path: str | Path) -> tuple[RNNTModule, PackedFile]:
     """A packed model as an eval-mode :class:`RNNTModule` (quantizer none), for ``score_batch``."""
     path = Path(path)
-    state, described, hparams, stats = _read(path)
+    state, described, hparams = _read(path)
     try:
         module = RNNTModule(**{**hparams, "quantizer": None})
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: metadata 'extra' hyper_parameters: {err}") from err
     _load_weights(module.model, state, path)
-    return module.eval(), module.tokenizer, stats, described
+    return module.eval(), described
 
 
-def load_for_evaluation(path: str | Path) -> tuple[RNNTModule, Tokenizer, FeatureStats, str]:
-    """Module, tokenizer, stats and quantizer name of a training checkpoint or a packed file.
+def load_for_evaluation(path: str | Path) -> tuple[RNNTModule, str]:
+    """Eval-mode module (tokenizer and front end inside) and quantizer name of a training
+    checkpoint or a packed file.
 
     Packed files are recognised by their first bytes (a safetensors header) or the ``.lbq``
     suffix; anything else is read as a weights-only training checkpoint.
     """
     path = Path(path)
     if path.suffix == SUFFIX or is_packed_file(path):
-        module, tokenizer, stats, described = load_packed_module(path)
-        return module, tokenizer, stats, described.policy.name or "none"
-    module, tokenizer, stats = restore(read_checkpoint(path))
-    return module, tokenizer, stats, module.policy.name or "none"
+        module, described = load_packed_module(path)
+        return module, described.policy.name or "none"
+    module, _ = restore(read_checkpoint(path))
+    return module, module.policy.name or "none"

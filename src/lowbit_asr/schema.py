@@ -17,13 +17,18 @@ T = TypeVar("T")
 def coerce(value: Any, cls: type[T], name: str) -> T:
     """A mapping becomes ``cls(**mapping)``; an instance of ``cls`` stays as it is.
 
-    Raises ``ValueError`` naming ``name`` for unknown fields, ``TypeError`` for other types.
+    Raises ``ValueError`` naming ``name`` for unknown fields (a field the class lists in a
+    ``MOVED_FIELDS`` mapping is named with where it went), ``TypeError`` for other types.
     """
     if isinstance(value, cls):
         return value
     if isinstance(value, Mapping):
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(value) - known)
+        moved = getattr(cls, "MOVED_FIELDS", {})
+        if set(unknown) & set(moved):
+            raise ValueError("; ".join(f"{name}.{key} is now {moved[key]}"
+                                       for key in unknown if key in moved))
         if unknown:
             raise ValueError(f"{name}: unknown field(s) {unknown}; known: {sorted(known)}")
         return cls(**{str(k): v for k, v in value.items()})

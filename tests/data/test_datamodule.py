@@ -16,11 +16,13 @@ import torch
 from omegaconf import OmegaConf
 from pipeline_corpus import write_corpus, write_utterances
 
+from lowbit_asr.data.audio import N_MELS, BadUtteranceError
 from lowbit_asr.data.datamodule import AsrDataModule, Batch, DatasetConfig
-from lowbit_asr.data.features import N_MELS, lifter_matrix, num_frames
-from lowbit_asr.data.librispeech import BadUtteranceError
+from lowbit_asr.data.features import num_frames
 from lowbit_asr.data.sampler import BucketingBatchSampler
 from lowbit_asr.data.tokenizer import CharTokenizer, UnknownCharacterError
+from lowbit_asr.model.frontend import FrontEnd, lifter_matrix
+from lowbit_asr.schema import coerce
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 
@@ -29,6 +31,11 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic corpus: train 24, dev 6, test-clean 5, test-other 5 utterances of 0.5-3.5 s."""
     return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def make_dm(cfg: DatasetConfig, **frontend: Any) -> AsrDataModule:
+    """A DataModule normalising with a fresh front end (``frontend``: its config)."""
+    return AsrDataModule(cfg, frontend=FrontEnd(frontend))
 
 
 def make_cfg(root: Path, cache: Path, **overrides: Any) -> DatasetConfig:
@@ -50,7 +57,7 @@ def make_cfg(root: Path, cache: Path, **overrides: Any) -> DatasetConfig:
 @pytest.fixture(scope="module")
 def dm(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> AsrDataModule:
     """A DataModule over ``corpus``, prepared and set up for fit and test."""
-    module = AsrDataModule(make_cfg(corpus, tmp_path_factory.mktemp("cache")))
+    module = make_dm(make_cfg(corpus, tmp_path_factory.mktemp("cache")))
     module.prepare_data()
     module.setup("fit")
     module.setup("test")
@@ -58,6 +65,11 @@ def dm(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> AsrDataModule:
 
 
 # ------------------------------------------------------------------------ config
+
+
+def test_moved_keys_say_where_they_went(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"dataset.normalisation is now model.frontend"):
+        coerce({"root": str(tmp_path), "normalisation": "utterance"}, DatasetConfig, "dataset")
 
 
 @pytest.mark.parametrize(
@@ -80,7 +92,6 @@ def dm(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> AsrDataModule:
         ({"precompute_features": "yes"}, "precompute_features"),
         ({"stats_utterances": 0}, "stats_utterances"),
         ({"seed": -1}, "seed"),
-        ({"normalisation": "speaker"}, "normalisation"),
         ({"curriculum_epochs": -1}, "curriculum_epochs"),
         ({"tokenizer": {"units": "word"}}, "tokenizer.units"),
         ({"tokenizer": {"vocab_sise": 3}}, "tokenizer: unknown field"),
@@ -263,21 +274,22 @@ def test_features_are_normalised_on_train(dm: AsrDataModule) -> None:
     assert (frames.std(0, unbiased=False) - 1).abs().max() < 1e-3
 
 
-def test_utterance_normalisation_follows_the_checkpoint(
+def test_utterance_normalisation_follows_the_front_end(
     dm: AsrDataModule, corpus: Path, tmp_path: Path
 ) -> None:
-    per_utt = AsrDataModule(make_cfg(corpus, tmp_path, normalisation="utterance"))
+    per_utt = make_dm(make_cfg(corpus, tmp_path), normalisation="utterance")
     per_utt.setup("fit")
-    assert per_utt.stats.normalisation == "utterance"
-    torch.testing.assert_close(per_utt.stats.std, dm.stats.std)  # the same statistics
+    torch.testing.assert_close(per_utt.frontend.std, dm.frontend.std)  # the same statistics
     batch = next(iter(per_utt.val_dataloader()))
     for i in range(len(batch["ids"])):
         frames = batch["feats"][i, : batch["feat_lens"][i]]  # (T, 80)
         assert frames.mean(0).abs().max() < 1e-4  # each utterance's own mean removed
-    # The choice travels with the statistics: a module rebuilt from the state (as evaluate
-    # does) normalises the same way whatever its own config says.
-    fresh = AsrDataModule(make_cfg(tmp_path / "nowhere", tmp_path))
-    fresh.load_state_dict(per_utt.state_dict())
+    # The choice travels with the front end (model state): a module handed a copy of it (as
+    # evaluate is handed the checkpoint's) normalises the same way without the training data.
+    restored = FrontEnd({"normalisation": "utterance"})
+    restored.load_state_dict(per_utt.frontend.state_dict())
+    fresh = AsrDataModule(make_cfg(tmp_path / "nowhere", tmp_path),
+                          tokenizer=per_utt.tokenizer, frontend=restored)
     again = next(iter(fresh.eval_dataloader(corpus, "dev")))
     assert again["ids"] == batch["ids"]
     torch.testing.assert_close(again["feats"], batch["feats"])
@@ -303,7 +315,7 @@ def test_spec_augment_only_when_training(dm: AsrDataModule) -> None:
 
 
 def test_precomputed_features_match(dm: AsrDataModule, corpus: Path, tmp_path: Path) -> None:
-    cached = AsrDataModule(make_cfg(corpus, tmp_path, precompute_features=True))
+    cached = make_dm(make_cfg(corpus, tmp_path, precompute_features=True))
     cached.prepare_data()
     cached.setup("fit")
     assert cached.features.cache is not None
@@ -318,11 +330,13 @@ def test_state_dict_rebuilds_without_training_data(
     dm: AsrDataModule, corpus: Path, tmp_path: Path
 ) -> None:
     state = dm.state_dict()
-    fresh = AsrDataModule(make_cfg(tmp_path / "nowhere", tmp_path))
+    assert "feature_stats" not in state  # the statistics are the model's state
+    restored = FrontEnd()
+    restored.load_state_dict(dm.frontend.state_dict())
+    fresh = AsrDataModule(make_cfg(tmp_path / "nowhere", tmp_path), frontend=restored)
     fresh.load_state_dict(state)
     assert fresh.tokenizer == dm.tokenizer
-    torch.testing.assert_close(fresh.stats.mean, dm.stats.mean)
-    # Any folder in LibriSpeech's layout, with the restored tokenizer and statistics.
+    # Any folder in LibriSpeech's layout, with the restored tokenizer and front end.
     loader = fresh.eval_dataloader(corpus, "dev")
     ids = [i for batch in loader for i in batch["ids"]]
     assert sorted(ids) == [u.id for u in dm.manifest("dev").utterances]
@@ -331,10 +345,34 @@ def test_state_dict_rebuilds_without_training_data(
     )
 
 
-def test_tokenizer_and_stats_need_setup(tmp_path: Path) -> None:
+def test_tokenizer_and_front_end_are_required(tmp_path: Path) -> None:
     module = AsrDataModule(make_cfg(tmp_path, tmp_path))
     with pytest.raises(RuntimeError, match="setup"):
         module.tokenizer  # noqa: B018
+    with pytest.raises(RuntimeError, match="no front end"):
+        module.frontend  # noqa: B018
+
+
+def test_front_end_with_statistics_keeps_them(dm: AsrDataModule, corpus: Path,
+                                             tmp_path: Path) -> None:
+    """A front end that has statistics (a float checkpoint's) is not given the train ones."""
+    given = FrontEnd()
+    given.load_state_dict(dm.frontend.state_dict())
+    with torch.no_grad():
+        given.mean += 1.0
+    before = given.state_dict()
+    other = AsrDataModule(make_cfg(corpus, tmp_path), frontend=given)
+    other.prepare_data()
+    other.setup("fit")
+    assert all(torch.equal(before[k], v) for k, v in given.state_dict().items())
+    empty = FrontEnd()
+    other.use_frontend(empty)  # nothing computed: this module never needed the statistics
+    assert not empty.has_stats
+    late = make_dm(make_cfg(corpus, tmp_path))
+    late.prepare_data()
+    fresh = FrontEnd()
+    late.use_frontend(fresh)  # computed by prepare_data, given when attached
+    torch.testing.assert_close(fresh.mean, dm.frontend.mean)
 
 
 def test_ddp_needs_use_distributed_sampler_off(dm: AsrDataModule) -> None:
@@ -370,7 +408,7 @@ def bad_corpus(corpus: Path, tmp_path: Path) -> Path:
 
 
 def test_bad_utterances_stop(bad_corpus: Path, tmp_path: Path) -> None:
-    module = AsrDataModule(make_cfg(bad_corpus, tmp_path / "cache", tokenizer={"units": "char"}))
+    module = make_dm(make_cfg(bad_corpus, tmp_path / "cache", tokenizer={"units": "char"}))
     module.setup("fit")
     with pytest.raises(BadUtteranceError, match=r"190-1900-0000.*max_utterance_seconds=4.0"):
         module.train_dataloader()
@@ -384,7 +422,7 @@ def test_bad_utterances_skip(
     cfg = make_cfg(
         bad_corpus, tmp_path / "cache", tokenizer={"units": "char"}, on_bad_utterance="skip"
     )
-    module = AsrDataModule(cfg)
+    module = make_dm(cfg)
     module.setup("fit")
     assert isinstance(module.tokenizer, CharTokenizer)
     with caplog.at_level(logging.WARNING):
@@ -438,18 +476,17 @@ def test_lightning_fit_reshuffles_every_epoch(dm: AsrDataModule) -> None:
 
 
 @pytest.mark.parametrize("bad", [-1, 81, "30"])
-def test_cepstral_lifter_errors_name_the_key(bad: object, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="cepstral_lifter"):
-        make_cfg(tmp_path, tmp_path, cepstral_lifter=bad)
+def test_cepstral_lifter_errors_name_the_key(bad: object) -> None:
+    with pytest.raises(ValueError, match="frontend.cepstral_lifter"):
+        FrontEnd({"cepstral_lifter": bad})
 
 
 def test_cepstral_lifter_reaches_the_batches(corpus: Path, tmp_path: Path) -> None:
-    plain = AsrDataModule(make_cfg(corpus, tmp_path))
-    liftered = AsrDataModule(make_cfg(corpus, tmp_path, cepstral_lifter=12))
+    plain = make_dm(make_cfg(corpus, tmp_path))
+    liftered = make_dm(make_cfg(corpus, tmp_path), cepstral_lifter=12)
     for dm_ in (plain, liftered):
         dm_.prepare_data()
         dm_.setup("fit")
-    assert liftered.stats.lifter == 12 and liftered.state_dict()["feature_stats"]["lifter"] == 12
     a, b = next(iter(plain.val_dataloader())), next(iter(liftered.val_dataloader()))
     assert a["ids"] == b["ids"]
     projection = lifter_matrix(N_MELS, 12)

@@ -1,4 +1,4 @@
-"""Log-mel frames, the feature cache, normalisation statistics, SpecAugment."""
+"""Log-mel frames, the feature cache, the train statistics, SpecAugment."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from pipeline_corpus import RATE, tone_noise, write_corpus
 
 from lowbit_asr.data import features as feat
+from lowbit_asr.data.audio import N_MELS
 from lowbit_asr.data.features import (
-    N_MELS,
     FeatureSource,
     FeatureStats,
     LogMel,
@@ -78,20 +78,15 @@ def test_stats_normalise_train_to_zero_mean_unit_variance(train: list[Utterance]
     source = FeatureSource()
     stats = compute_stats(train, source, max_utterances=1000)  # all of them: exact
     assert stats.utterances == len(train)
-    frames = torch.cat([stats.normalise(source(u)) for u in train])  # (sum T, 80)
+    frames = torch.cat([source(u) for u in train]).double()  # (sum T, 80)
     assert frames.shape[0] == stats.frames
-    assert frames.mean(0).abs().max() < 1e-3
-    assert (frames.std(0, unbiased=False) - 1).abs().max() < 1e-3
+    torch.testing.assert_close(stats.mean.double(), frames.mean(0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(stats.std.double(), frames.std(0, unbiased=False),
+                               atol=1e-4, rtol=0)
     restored = FeatureStats.from_dict(stats.to_dict())
-    torch.testing.assert_close(restored.mean, stats.mean)
-    torch.testing.assert_close(restored.std, stats.std)
-    assert restored.normalisation == "global"
-    per_utt = FeatureStats.from_dict(stats.with_normalisation("utterance").to_dict())
-    one = source(train[0])  # (T, 80)
-    expected = (one - one.mean(0)) / stats.std
-    torch.testing.assert_close(per_utt.normalise(one), expected)
-    with pytest.raises(ValueError, match="normalisation"):
-        stats.with_normalisation("speaker")
+    assert torch.equal(restored.mean, stats.mean) and torch.equal(restored.std, stats.std)
+    # A cache written when the statistics also said how to apply them still reads.
+    assert FeatureStats.from_dict({**stats.to_dict(), "normalisation": "global", "lifter": 0})
 
 
 def test_stats_subsample_is_even_and_bounded(train: list[Utterance]) -> None:
@@ -165,37 +160,3 @@ def test_spec_augment_off() -> None:
 def test_spec_augment_config_errors_name_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         SpecAugmentConfig(**kwargs)  # type: ignore[arg-type]
-
-
-# ------------------------------------------------------------------------ cepstral lifter
-
-
-def test_lifter_matrix_keeps_the_envelope_and_removes_fine_structure() -> None:
-    bins = feat.N_MELS
-    p = feat.lifter_matrix(bins, 30)
-    assert torch.allclose(p, p.T) and torch.allclose(p @ p, p, atol=1e-5)  # a projection
-    assert int((torch.linalg.eigvalsh(p.double()) > 0.5).sum()) == 30  # keeps 30 directions
-    assert torch.allclose(feat.lifter_matrix(bins, bins), torch.eye(bins), atol=1e-5)
-    k = torch.arange(bins, dtype=torch.float32)
-    envelope = torch.cos(torch.pi * 3 * (k + 0.5) / bins) + 0.5  # slow: "formants"
-    ripple = torch.cos(torch.pi * 40 * (k + 0.5) / bins)  # period 4 bins: "pitch harmonics"
-    torch.testing.assert_close(envelope @ p, envelope, atol=1e-4, rtol=0)
-    assert (ripple @ p).abs().max() < 1e-4
-    torch.testing.assert_close((envelope + ripple) @ p, envelope, atol=1e-4, rtol=0)
-
-
-def test_stats_apply_and_store_the_lifter(tmp_path: Path) -> None:
-    stats = FeatureStats(torch.zeros(feat.N_MELS), torch.full((feat.N_MELS,), 2.0), 1, 10)
-    liftered = stats.with_normalisation("utterance", lifter=20)
-    x = torch.randn(7, feat.N_MELS)
-    expected = ((x - x.mean(0)) / 2.0) @ feat.lifter_matrix(feat.N_MELS, 20)
-    torch.testing.assert_close(liftered.normalise(x), expected)
-    restored = FeatureStats.from_dict(liftered.to_dict())
-    assert (restored.normalisation, restored.lifter) == ("utterance", 20)
-    assert FeatureStats.from_dict({**stats.to_dict(), "lifter": 0}).lifter == 0
-    old = stats.to_dict()
-    del old["lifter"]  # checkpoints written before the option existed
-    assert FeatureStats.from_dict(old).lifter == 0
-    for bad in (-1, 81, 2.5, True):
-        with pytest.raises(ValueError, match="lifter"):
-            stats.with_normalisation("global", lifter=bad)  # type: ignore[arg-type]

@@ -12,8 +12,9 @@ import soundfile as sf
 import torch
 
 from lowbit_asr.data import librispeech
+from lowbit_asr.data.audio import BadUtteranceError, load_audio
 from lowbit_asr.data.corpus import CorpusManifest
-from lowbit_asr.data.librispeech import BadUtteranceError, load_audio, read_split
+from lowbit_asr.data.librispeech import read_split
 
 RATE = 16000
 

@@ -13,6 +13,7 @@ from pipeline_corpus import write_corpus
 from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
 from lowbit_asr.data.features import N_MELS
 from lowbit_asr.data.perturb import Perturb, PerturbConfig, _hz_to_mel, _mel_to_hz
+from lowbit_asr.model.frontend import FrontEnd
 
 
 def centre_hz(bin_: int) -> float:
@@ -123,7 +124,8 @@ def test_datamodule_perturbs_training_batches_only(tmp_path: Path) -> None:
             max_utterance_seconds=10.0,
             perturb=PerturbConfig(speed=[0.8, 0.85], freq_warp=[1.0, 1.0]),
             specaugment={"freq_masks": 0, "time_masks": 0},  # type: ignore[arg-type]
-        )
+        ),
+        frontend=FrontEnd(),
     )
     dm.prepare_data()
     dm.setup("fit")

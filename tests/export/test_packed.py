@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from export_helpers import dataset_args
 
 from lowbit_asr import cli
 from lowbit_asr.model import EncoderConfig, JoinerConfig, ModelConfig, PredictorConfig, build_model
@@ -34,63 +35,7 @@ from lowbit_asr.train.checkpoint import read_checkpoint, restore
 from lowbit_asr.train.scoring import load_evaluation
 
 HEADER_ALLOWANCE = 64 * 1024
-# A 1-block model keeps training and decoding to seconds (as in tests/train/test_train_e2e.py).
-SMALL_MODEL = [
-    "model.encoder.num_layers=1",
-    "model.encoder.d_model=48",
-    "model.encoder.num_heads=2",
-    "model.encoder.conv_kernel=5",
-    "model.encoder.subsampling_channels=16",
-    "model.predictor.embed_dim=32",
-    "model.predictor.hidden_dim=32",
-    "model.joiner.dim=32",
-    "model.rnnt_loss_impl=torch",
-]
 VOCAB = 13
-
-
-def _dataset_args(corpus_root: Path, cache: Path) -> list[str]:
-    return [
-        "dataset=embedded_tiny",
-        f"dataset.root={corpus_root}",
-        f"dataset.cache_dir={cache}",
-        "dataset.num_workers=0",
-    ]
-
-
-@pytest.fixture(scope="session")
-def qat_checkpoint(tiny_corpus, tmp_path_factory) -> Path:
-    """A 1-block int2-asym-g16 QAT checkpoint (sentencepiece tokenizer), trained 2 steps."""
-    work = tmp_path_factory.mktemp("packed-qat")
-    argv = list(sys.argv)  # cli.main rewrites it
-    try:  # in this process: a subprocess would spend ~15 s importing Lightning again
-        cli.main(
-            [
-                "train",
-                *_dataset_args(tiny_corpus.root, work / "cache"),
-                *SMALL_MODEL,
-                "logger=csv",
-                "trainer.max_steps=2",
-                "trainer.val_check_interval=2",
-                "trainer.limit_val_batches=1",
-                "trainer.log_every_n_steps=1",
-                "trainer.enable_progress_bar=false",
-                "dataset.test_splits=[test-clean]",
-                "quantizer=int2_asym_g16",
-                f"hydra.run.dir={work / 'run'}",
-            ]
-        )
-    finally:
-        sys.argv = argv
-    return work / "run" / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="session")
-def packed_qat(qat_checkpoint, tmp_path_factory) -> Path:
-    """``qat_checkpoint`` exported through the API."""
-    out = tmp_path_factory.mktemp("packed") / "model.lbq"
-    export_packed(qat_checkpoint, out)
-    return out
 
 
 # ---- every spec: weights equal the fake-quant weights, size is the accounted size ------------
@@ -240,10 +185,13 @@ def test_prepared_model_must_match_the_policy(tmp_path):
 
 # ---- a trained checkpoint: export, load, identical outputs and WER ---------------------------
 def test_checkpoint_outputs_bit_identical(qat_checkpoint, packed_qat):
-    module, tokenizer, stats = restore(read_checkpoint(qat_checkpoint))
-    model, tokenizer2, stats2, metadata = load_packed(packed_qat)
+    module, tokenizer = restore(read_checkpoint(qat_checkpoint))
+    model, tokenizer2, metadata = load_packed(packed_qat)
     assert not any(True for _ in fake_quant_modules(model)) and not model.training
-    assert tokenizer2 == tokenizer and stats2.to_dict() == stats.to_dict()  # exact floats
+    assert tokenizer2 == tokenizer and model.frontend.has_stats
+    for key in ("mean", "std", "stats_count"):  # the front end's statistics: exact
+        assert torch.equal(getattr(model.frontend, key), getattr(module.model.frontend, key))
+    assert "feature_stats" not in metadata.extra  # model state now, not metadata
     assert metadata.policy.name == "int2_asym_g16" and metadata.extra["source"]["global_step"] == 2
     _check_sizes(packed_qat, size_report(module.model, module.policy).total_bytes, metadata)
     feats, feat_lens, targets, target_lens = _batch(feat_dim=80)
@@ -274,7 +222,7 @@ def test_cli_export_then_evaluate_gives_the_same_wer(
                 "evaluate",
                 f"checkpoint={path}",
                 f"out={tmp_path / kind}",
-                *_dataset_args(tiny_corpus.root, tmp_path / "cache"),
+                *dataset_args(tiny_corpus.root, tmp_path / "cache"),
                 "splits=[test-clean]",
             ]
         )
@@ -298,9 +246,9 @@ def test_packed_file_is_recognised_by_its_bytes_not_its_name(qat_checkpoint, pac
     disguised = tmp_path / "model.ckpt"
     shutil.copy(packed_qat, disguised)
     assert is_packed_file(disguised) and not is_packed_file(qat_checkpoint)
-    module, _, _, quantizer = load_for_evaluation(disguised)
+    module, quantizer = load_for_evaluation(disguised)
     assert quantizer == "int2_asym_g16" and not any(True for _ in fake_quant_modules(module))
-    assert load_for_evaluation(qat_checkpoint)[3] == "int2_asym_g16"
+    assert load_for_evaluation(qat_checkpoint)[1] == "int2_asym_g16"
 
 
 def test_float_checkpoint_exports_all_float(qat_checkpoint, tmp_path):
@@ -312,8 +260,8 @@ def test_float_checkpoint_exports_all_float(qat_checkpoint, tmp_path):
     report = export_packed(float_ckpt, tmp_path / "float.lbq")
     assert report.quantized_tensors == 0 and report.quantizer == "none"
     assert report.accounted_bytes <= report.file_bytes <= report.accounted_bytes + HEADER_ALLOWANCE
-    module, _, _ = restore(read_checkpoint(float_ckpt))
-    model, _, _, metadata = load_packed(tmp_path / "float.lbq")
+    module, _ = restore(read_checkpoint(float_ckpt))
+    model, _, metadata = load_packed(tmp_path / "float.lbq")
     assert all(t.spec is None for t in metadata.tensors)
     theirs = module.model.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
@@ -372,10 +320,10 @@ def test_flipped_header_bytes_are_a_clear_error(packed_qat, tmp_path):
         assert str(bad) in str(err.value)
         if pos > 8:  # inside the JSON: never valid UTF-8 after flipping all bits of a byte
             assert "corrupted header: not valid JSON" in str(err.value)
-    # A change that keeps the JSON valid: one decimal of the feature statistics.
+    # A change that keeps the JSON valid: one decimal of a hyper-parameter (the learning rate).
     header, payload = _split(bytes(data))
     extra = header["__metadata__"]["extra"]
-    i = extra.index(".", extra.index('"mean":[')) + 1
+    i = extra.index(".", extra.index('"lr":')) + 1
     digit = "1" if extra[i] != "1" else "2"
     header["__metadata__"]["extra"] = extra[:i] + digit + extra[i + 1 :]
     bad.write_bytes(_join(header, payload))
@@ -431,7 +379,7 @@ def test_tensor_of_wrong_size_missing_or_extra(packed_qat, tmp_path):
 
 
 def test_missing_model_tensor_is_named(packed_qat, tmp_path):
-    model, _, _, metadata = load_packed(packed_qat)
+    model, _, metadata = load_packed(packed_qat)
     model.joiner.output.bias = None  # a valid file that lacks one of the model's tensors
     write_packed(tmp_path / "nobias.lbq", model, QuantPolicy(), extra=metadata.extra)
     with pytest.raises(ValueError, match=r"nobias.lbq: .*missing \['joiner.output.bias'\]"):
@@ -473,11 +421,56 @@ def test_pickle_bearing_files_are_refused_without_running_code(tmp_path):
 
 
 def test_packed_module_scores_like_the_checkpoint(qat_checkpoint, packed_qat):
-    module, _, _ = restore(read_checkpoint(qat_checkpoint))
-    packed, _, _, _ = load_packed_module(packed_qat)
+    module, _ = restore(read_checkpoint(qat_checkpoint))
+    packed, _ = load_packed_module(packed_qat)
     feats, feat_lens, targets, target_lens = _batch(feat_dim=80)
     targets = targets % (module.tokenizer.vocab_size - 1) + 1
     batch = {"feats": feats, "feat_lens": feat_lens, "targets": targets,
              "target_lens": target_lens, "ids": ["1-1-0", "1-1-1", "2-1-0"],
              "texts": ["a b", "c", "d e f"]}
     assert packed.score_batch(batch)[0] == module.score_batch(batch)[0]
+
+
+# ---- files written before the front end moved into the model -------------------------------
+def _old_stats(model) -> dict:
+    fe = model.frontend
+    return {"version": 1, "mean": fe.mean.tolist(), "std": fe.std.tolist(),
+            "utterances": int(fe.stats_count[0]), "frames": int(fe.stats_count[1]),
+            "normalisation": "utterance", "lifter": 7}
+
+
+def test_old_checkpoint_is_converted_or_named(qat_checkpoint, tmp_path):
+    module, _ = restore(read_checkpoint(qat_checkpoint))
+    ckpt = torch.load(qat_checkpoint, map_location="cpu", weights_only=True)
+    for key in ("mean", "std", "stats_count"):
+        del ckpt["state_dict"][f"model.frontend.{key}"]
+    ckpt["hyper_parameters"]["model"].pop("frontend", None)
+    ckpt["AsrDataModule"] = {"tokenizer": ckpt["hyper_parameters"]["tokenizer"],
+                             "feature_stats": _old_stats(module.model)}
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    converted, _ = restore(read_checkpoint(old))
+    fe, theirs = converted.model.frontend, module.model.frontend
+    assert torch.equal(fe.mean, theirs.mean) and torch.equal(fe.std, theirs.std)
+    assert torch.equal(fe.stats_count, theirs.stats_count)
+    # How the statistics were applied travels too: it was stored beside them.
+    assert (fe.cfg.normalisation, fe.cfg.cepstral_lifter) == ("utterance", 7)
+    del ckpt["AsrDataModule"]["feature_stats"]
+    torch.save(ckpt, old)
+    with pytest.raises(ValueError, match=r"old.ckpt: no feature statistics.*model.frontend.mean"):
+        read_checkpoint(old)
+
+
+def test_old_packed_file_is_converted(packed_qat, tmp_path):
+    model, _, metadata = load_packed(packed_qat)
+    stats = _old_stats(model)
+    reference = {k: v.clone() for k, v in model.frontend.state_dict().items()}
+    del model.frontend  # the model as it was: no front end, statistics in the metadata
+    old = tmp_path / "old.lbq"
+    write_packed(old, model, QuantPolicy(), extra={**metadata.extra, "feature_stats": stats})
+    again, _, _ = load_packed(old)
+    assert all(torch.equal(again.frontend.state_dict()[k], v) for k, v in reference.items())
+    assert again.frontend.cfg.normalisation == "utterance"
+    write_packed(old, model, QuantPolicy(), extra=metadata.extra)
+    with pytest.raises(ValueError, match=r"old.lbq: .*no feature statistics"):
+        load_packed(old)

@@ -19,8 +19,6 @@ def test_overfit_eight_utterances_to_zero_wer(tiny_corpus, tmp_path):
     })
     data.setup("fit")
     utterances = sorted(data.manifest("train").utterances, key=lambda u: u.duration)[:8]
-    dataset = AsrDataset(utterances, data.tokenizer, data.stats, data.features)
-    batch = collate([dataset.example(i) for i in range(len(dataset))])
     model = build_model({
         "encoder": {"d_model": 96, "num_layers": 2, "num_heads": 4, "conv_kernel": 7,
                     "subsampling_factor": 4, "subsampling_channels": 32, "dropout": 0.0,
@@ -28,6 +26,9 @@ def test_overfit_eight_utterances_to_zero_wer(tiny_corpus, tmp_path):
         "predictor": {"embed_dim": 64, "hidden_dim": 96, "dropout": 0.0},
         "joiner": {"dim": 96}, "rnnt_loss_impl": "torch", "ctc_weight": 0.3,
     }, data.tokenizer.vocab_size)
+    data.use_frontend(model.frontend)  # the train statistics setup computed
+    dataset = AsrDataset(utterances, data.tokenizer, model.frontend.normalise, data.features)
+    batch = collate([dataset.example(i) for i in range(len(dataset))])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     wer_at: dict[int, float] = {}
     for step in range(1, MAX_STEPS + 1):

@@ -23,9 +23,8 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
-from lowbit_asr.data.features import FeatureStats
-from lowbit_asr.train.checkpoint import data_state, init_from_float, read_checkpoint
+from lowbit_asr.data.datamodule import AsrDataModule
+from lowbit_asr.train.checkpoint import checkpoint_tokenizer, init_from_float, read_checkpoint
 from lowbit_asr.train.config import TrainConfig, validate
 from lowbit_asr.train.module import RNNTModule
 from lowbit_asr.train.results import RESULT_FILE, failed_row, git_commit, result_row
@@ -58,19 +57,6 @@ def command_line() -> str:
     return " ".join(["lowbit-asr train", *overrides])
 
 
-def feature_options(stats: FeatureStats, dataset: DatasetConfig, source: str) -> FeatureStats:
-    """A checkpoint's feature statistics applied the way the config asks (``dataset.normalisation``,
-    ``dataset.cepstral_lifter``); a difference from how the checkpoint was trained is logged."""
-    wanted = (dataset.normalisation, dataset.cepstral_lifter)
-    if (stats.normalisation, stats.lifter) == wanted:
-        return stats
-    log.warning(
-        "%s was trained with dataset.normalisation=%s dataset.cepstral_lifter=%d; this run uses"
-        " %s and %d (the config's)", source, stats.normalisation, stats.lifter, *wanted,
-    )
-    return stats.with_normalisation(*wanted)
-
-
 def test_stage(module: RNNTModule, data: AsrDataModule, best: str | None, run_dir: Path,
                device: torch.device, commit: str) -> dict[str, Any]:
     """The best checkpoint (else the last weights) on every test split, through the same
@@ -99,13 +85,11 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     init = read_checkpoint(cfg.init.checkpoint) if cfg.init.mode == "float_ckpt" else None
-    # QAT from a float checkpoint keeps its tokenizer and feature statistics.
-    tokenizer, stats = data_state(init) if init else (None, None)
-    if stats is not None:
-        stats = feature_options(stats, cfg.dataset, str(cfg.init.checkpoint))
-    data = AsrDataModule(cfg.dataset, tokenizer=tokenizer, stats=stats)
-    data.prepare_data()
-    data.setup("fit")
+    # QAT from a float checkpoint keeps its tokenizer and (with its weights) the statistics of
+    # its front end; a float run gives its front end the train statistics.
+    data = AsrDataModule(cfg.dataset, tokenizer=checkpoint_tokenizer(init) if init else None)
+    if init is None:
+        data.prepare_data()  # builds the tokenizer the model's output size depends on
     module = RNNTModule(
         model=plain["model"], tokenizer=data.tokenizer.state_dict(), quantizer=plain["quantizer"],
         optim=plain.get("optim"), fake_quant_after_steps=cfg.init.fake_quant_after_steps,
@@ -114,6 +98,12 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     if init:
         init_from_float(module, init, cfg.init.checkpoint)
         log.info("initialised from float checkpoint %s", cfg.init.checkpoint)
+    # The data path normalises with the model's own front end: the float checkpoint's
+    # statistics, or (a float run) the train statistics prepare_data computed.
+    data.use_frontend(module.model.frontend)
+    if init is not None:
+        data.prepare_data()
+    data.setup("fit")
     log.info("%s", module.describe())
 
     checkpoints = ModelCheckpoint(

@@ -45,8 +45,9 @@ import numpy as np
 import soundfile as sf
 
 from lowbit_asr.data import texts
+from lowbit_asr.data.audio import SAMPLE_RATE
 from lowbit_asr.data.corrupt import corrupt, draw_corruption
-from lowbit_asr.data.tts import ENGINE_PACKAGES, SAMPLE_RATE, Voice, synthesize
+from lowbit_asr.data.tts import ENGINE_PACKAGES, Voice, synthesize
 from lowbit_asr.data.voices import HELDOUT, TRAIN, VoiceDealer
 
 log = logging.getLogger(__name__)

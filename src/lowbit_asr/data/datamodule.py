@@ -5,7 +5,8 @@
     vocab = dm.tokenizer.vocab_size         # blank included: the RNN-T's output size
     for batch in dm.train_dataloader(): ...
 
-A batch (:class:`Batch`) is a dict: ``feats (N, T, 80)`` normalised log-mel, zero-padded;
+A batch (:class:`Batch`) is a dict: ``feats (N, T, 80)`` log-mel normalised by the model's
+front end (``model/frontend.py``: ``AsrDataModule(cfg, frontend=model.frontend)``), zero-padded;
 ``feat_lens (N,)``; ``targets (N, U)`` token ids padded with the blank id 0; ``target_lens (N,)``;
 ``texts`` (normalised references) and ``ids``. Speed/VTLP perturbation
 (:mod:`lowbit_asr.data.perturb`) and then SpecAugment are applied after the batch reached its
@@ -15,7 +16,8 @@ What ``prepare_data`` builds once (Lightning runs it on one process per node) an
 reads back on every rank, all beside the manifests (or under ``cache_dir``):
 
 * the manifests (``read_split``), the tokenizer (trained on the train transcripts), the feature
-  statistics (train subsample), and with ``precompute_features`` the log-mel of every split.
+  statistics (train subsample; given to the front end unless it has its own, e.g. from a float
+  checkpoint), and with ``precompute_features`` the log-mel of every split.
 
 Bad input follows ``on_bad_utterance``: ``stop`` raises at the first bad utterance (unreadable
 audio, a transcript character the tokenizer cannot encode, a train utterance longer than
@@ -25,19 +27,21 @@ split is length-filtered: dev and test keep every utterance, so WER covers the w
 DDP: the batch sampler shards batches itself (:mod:`lowbit_asr.data.sampler`), so the Trainer
 must run with ``use_distributed_sampler=False`` (setup raises otherwise).
 
-Checkpoints: :meth:`AsrDataModule.state_dict` holds the tokenizer and the statistics; Lightning
-stores it in the checkpoint, and ``AsrDataModule(cfg, tokenizer=..., stats=...)`` rebuilds a
-module that evaluates any LibriSpeech-layout folder (:meth:`AsrDataModule.eval_dataloader`)
-without the training data.
+Checkpoints: the statistics are the model's (its front end's buffers);
+:meth:`AsrDataModule.state_dict` holds the tokenizer and the position in the training data.
+``AsrDataModule(cfg, tokenizer=..., frontend=model.frontend)`` evaluates any LibriSpeech-layout
+folder (:meth:`AsrDataModule.eval_dataloader`) without the training data.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from types import MappingProxyType
+from typing import Any, Protocol, TypedDict
 
 import lightning as L
 import torch
@@ -45,14 +49,12 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
+from lowbit_asr.data.audio import BadUtteranceError
 from lowbit_asr.data.features import (
-    N_MELS,
-    NORMALISATIONS,
     FeatureSource,
     FeatureStats,
     SpecAugment,
     SpecAugmentConfig,
-    check_lifter,
     feature_cache_dir,
     load_or_compute_stats,
     precompute_features,
@@ -60,7 +62,6 @@ from lowbit_asr.data.features import (
 from lowbit_asr.data.librispeech import (
     BAD_UTTERANCE_MODES,
     USER_CACHE,
-    BadUtteranceError,
     SplitManifest,
     Utterance,
     read_split,
@@ -104,6 +105,13 @@ def _positive(value: Any, name: str, integer: bool, minimum: float = 1) -> None:
 class DatasetConfig:
     """Which corpus, how it becomes batches (mirrored by ``conf/dataset/*.yaml``)."""
 
+    # Not annotated: a class attribute, not a field.
+    MOVED_FIELDS = MappingProxyType({
+        "normalisation": "model.frontend.normalisation",
+        "cepstral_lifter": "model.frontend.cepstral_lifter",
+    })
+    """Keys that left this config (the model's front end owns them now)."""
+
     root: str
     """Corpus folder in LibriSpeech's layout (relative to the working directory); required."""
     train_splits: list[str] = field(default_factory=lambda: ["train"])
@@ -138,14 +146,6 @@ class DatasetConfig:
     """Train utterances (evenly spaced) the normalisation statistics are computed on."""
     seed: int = 0
     """Seed of the batch shuffle, the perturbation and SpecAugment (with the epoch)."""
-    normalisation: str = "global"
-    """``global``: subtract the train mean per bin; ``utterance``: each utterance's own mean
-    (removes a voice's level and spectral tilt); both divide by the train std. Stored with the
-    statistics in checkpoints, so evaluation follows the training choice."""
-    cepstral_lifter: int = 0
-    """Keep the first this-many DCT coefficients of each normalised log-mel frame (0 = off):
-    smooths pitch harmonics out of the spectral envelope, the MFCC habit for speaker
-    robustness. Stored with the statistics, so evaluation follows it."""
     curriculum_epochs: int = 0
     """Epochs at the start of training whose batches go from the shortest utterances to the
     longest (SortaGrad, Amodei et al. 2016; batches still shuffled inside each bucket); 0 =
@@ -191,12 +191,7 @@ class DatasetConfig:
             )
         _positive(self.stats_utterances, "stats_utterances", integer=True)
         _positive(self.seed, "seed", integer=True, minimum=0)
-        if self.normalisation not in NORMALISATIONS:
-            raise ValueError(
-                f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}"
-            )
         _positive(self.curriculum_epochs, "curriculum_epochs", integer=True, minimum=0)
-        check_lifter(self.cepstral_lifter, N_MELS, "cepstral_lifter")
 
 
 class Batch(TypedDict):
@@ -233,6 +228,19 @@ def collate(examples: Sequence[Example]) -> Batch:
     )
 
 
+class FrontEndLike(Protocol):
+    """What the data path needs of the model's front end (``model.frontend.FrontEnd``)."""
+
+    @property
+    def has_stats(self) -> bool: ...  # noqa: D102
+
+    def set_stats(self, stats: FeatureStats) -> None: ...  # noqa: D102
+
+    def stats(self) -> FeatureStats: ...  # noqa: D102
+
+    def normalise(self, feats: Tensor) -> Tensor: ...  # noqa: D102
+
+
 class AsrDataset(Dataset[Batch]):
     """The utterances of one split; indexed by a list of indices, it returns their Batch."""
 
@@ -240,12 +248,13 @@ class AsrDataset(Dataset[Batch]):
         self,
         utterances: Sequence[Utterance],
         tokenizer: Tokenizer,
-        stats: FeatureStats,
+        normalise: Callable[[Tensor], Tensor],
         source: FeatureSource | None = None,
     ) -> None:
+        """``normalise``: the model's front end's (a CPU copy of it), ``(T, 80) -> (T, 80)``."""
         self.utterances = list(utterances)
         self.tokenizer = tokenizer
-        self.stats = stats
+        self.normalise = normalise
         self.source = source if source is not None else FeatureSource()
 
     def __len__(self) -> int:
@@ -260,7 +269,7 @@ class AsrDataset(Dataset[Batch]):
         """Utterance ``i``: normalised features and token ids."""
         u = self.utterances[i]
         return Example(
-            feats=self.stats.normalise(self.source(u)),  # (T, 80)
+            feats=self.normalise(self.source(u)),  # (T, 80)
             targets=torch.tensor(self.tokenizer.encode(u.text, u.id), dtype=torch.int64),
             text=normalise_text(u.text),
             id=u.id,
@@ -277,13 +286,16 @@ class AsrDataModule(L.LightningDataModule):
         self,
         cfg: DatasetConfig | Mapping[str, Any],
         tokenizer: Tokenizer | None = None,
-        stats: FeatureStats | None = None,
+        frontend: FrontEndLike | None = None,
     ) -> None:
-        """``tokenizer``/``stats``: restored ones (e.g. from a checkpoint) instead of built ones."""
+        """``tokenizer``: a restored one (e.g. from a checkpoint) instead of a built one.
+        ``frontend``: the model's front end, which normalises every batch (also settable later
+        with :meth:`use_frontend`); if it has no statistics yet, setup gives it the train ones."""
         super().__init__()
         self.cfg: DatasetConfig = coerce(cfg, DatasetConfig, "dataset")
         self._tokenizer = tokenizer
-        self._stats = stats
+        self._frontend = frontend
+        self._stats: FeatureStats | None = None  # computed here, for a front end without any
         self._manifests: dict[str, SplitManifest] = {}
         self._features: FeatureSource | None = None
         self._resume_position: dict[str, int] | None = None  # from a checkpoint: where to go on
@@ -300,11 +312,31 @@ class AsrDataModule(L.LightningDataModule):
         return self._tokenizer
 
     @property
-    def stats(self) -> FeatureStats:
-        """The feature normalisation statistics (after ``setup``, or as given)."""
-        if self._stats is None:
-            raise RuntimeError("AsrDataModule.stats: call setup() first (or pass them)")
-        return self._stats
+    def frontend(self) -> FrontEndLike:
+        """The model's front end that normalises the batches."""
+        if self._frontend is None:
+            raise RuntimeError(
+                "AsrDataModule: no front end to normalise with: pass the model's "
+                "(AsrDataModule(cfg, frontend=model.frontend) or use_frontend(model.frontend))")
+        return self._frontend
+
+    def use_frontend(self, frontend: FrontEndLike) -> None:
+        """Normalise with ``frontend`` (the model's); one without statistics gets the train
+        ones (computed by ``prepare_data``/``setup``). Under a Trainer, ``setup`` takes the
+        fitted module's ``model.frontend`` when none was given."""
+        self._frontend = frontend
+        if not frontend.has_stats and self._stats is not None:
+            frontend.set_stats(self._stats)
+
+    def _normaliser(self) -> Callable[[Tensor], Tensor]:
+        """The front end's ``normalise`` for the data path: a CPU copy when the model is on an
+        accelerator (loader workers must not receive CUDA tensors)."""
+        frontend = self.frontend
+        if isinstance(frontend, torch.nn.Module) and any(
+            b.device.type != "cpu" for b in frontend.buffers()
+        ):
+            frontend = copy.deepcopy(frontend).cpu()
+        return frontend.normalise
 
     @property
     def test_split_names(self) -> list[str]:
@@ -351,6 +383,11 @@ class AsrDataModule(L.LightningDataModule):
                 "AsrDataModule shards batches across ranks itself: build the Trainer with "
                 "use_distributed_sampler=False"
             )
+        if self._frontend is None and trainer is not None:
+            # Run by a Trainer without one given: the model being fitted or tested brings it.
+            frontend = getattr(getattr(trainer.lightning_module, "model", None), "frontend", None)
+            if frontend is not None:
+                self.use_frontend(frontend)
         self._build(self._splits(stage), precompute=False)
 
     def _splits(self, stage: str | None) -> list[str]:
@@ -373,17 +410,22 @@ class AsrDataModule(L.LightningDataModule):
         if self._tokenizer is None:
             texts = [u.text for u in self.train_utterances()]
             self._tokenizer = build_tokenizer(self.cfg.tokenizer, texts, self.cache_root)
+        needs_stats = (self._frontend is None or not self._frontend.has_stats) and (
+            self._stats is None)
         if precompute:
             # The train splits too when the statistics are still to compute: they read the cache.
-            todo = [*splits, *([] if self._stats else self.cfg.train_splits)]
+            todo = [*splits, *(self.cfg.train_splits if needs_stats else [])]
             for split in dict.fromkeys(todo):
                 precompute_features(
                     self.manifest(split).utterances, self.features, self.cfg.num_workers
                 )
-        if self._stats is None:
+        if needs_stats:
             self._stats = load_or_compute_stats(
                 self.train_utterances(), self.features, self.cache_root, self.cfg.stats_utterances
-            ).with_normalisation(self.cfg.normalisation, self.cfg.cepstral_lifter)
+            )
+        if self._frontend is not None and not self._frontend.has_stats:
+            assert self._stats is not None
+            self._frontend.set_stats(self._stats)
 
     @property
     def features(self) -> FeatureSource:
@@ -394,13 +436,12 @@ class AsrDataModule(L.LightningDataModule):
         return self._features
 
     def state_dict(self) -> dict[str, Any]:
-        """Tokenizer, statistics and the position in the training data, stored in Lightning
-        checkpoints (the position lets a run killed mid-epoch resume at the next batch)."""
+        """Tokenizer and the position in the training data, stored in Lightning checkpoints
+        (the position lets a run killed mid-epoch resume at the next batch; the feature
+        statistics are the model's own state)."""
         state: dict[str, Any] = {}
         if self._tokenizer is not None:
             state["tokenizer"] = self._tokenizer.state_dict()
-        if self._stats is not None:
-            state["feature_stats"] = self._stats.to_dict()
         trainer = self.trainer
         if trainer is not None and getattr(trainer, "fit_loop", None) is not None:
             state["train_position"] = {
@@ -410,14 +451,13 @@ class AsrDataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Use a checkpoint's tokenizer and statistics (dataloaders made after this use them)."""
+        """Use a checkpoint's tokenizer (dataloaders made after this use it); its statistics
+        come back with the model's state."""
         if "tokenizer" in state_dict:
             restored = Tokenizer.from_state(state_dict["tokenizer"])
             if self._tokenizer is not None and restored != self._tokenizer:
                 log.warning("the checkpoint's tokenizer differs from the one built: using it")
             self._tokenizer = restored
-        if "feature_stats" in state_dict:
-            self._stats = FeatureStats.from_dict(state_dict["feature_stats"])
         self._resume_position = state_dict.get("train_position")
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
@@ -440,7 +480,7 @@ class AsrDataModule(L.LightningDataModule):
         utterances = [
             u for s in self.cfg.train_splits for u in self._usable(s, self.manifest(s), train=True)
         ]
-        dataset = AsrDataset(utterances, self.tokenizer, self.stats, self.features)
+        dataset = AsrDataset(utterances, self.tokenizer, self._normaliser(), self.features)
         loader = self._loader(dataset, shuffle=True)
         if self._resume_position is not None:  # resuming: skip the batches already trained
             loader.sampler.resume_at(**self._resume_position)  # type: ignore[attr-defined]
@@ -458,16 +498,17 @@ class AsrDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, root: str | Path, split: str) -> DataLoader[Batch]:
         """Batches of any folder ``root/split`` in LibriSpeech's layout, with this module's
-        tokenizer and statistics (never length-filtered; features computed on the fly)."""
+        tokenizer and front end (never length-filtered; features computed on the fly)."""
         cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else None
         manifest = read_split(root, split, self.cfg.on_bad_utterance, cache_dir)
         utterances = self._usable(f"{root}/{split}", manifest, train=False)
-        return self._loader(AsrDataset(utterances, self.tokenizer, self.stats), shuffle=False,
+        return self._loader(AsrDataset(utterances, self.tokenizer, self._normaliser()),
+                            shuffle=False,
                             batch_seconds=self.cfg.eval_batch_seconds, whole=True)
 
     def _split_loader(self, split: str, batch_seconds: float | None = None) -> DataLoader[Batch]:
         utterances = self._usable(split, self.manifest(split), train=False)
-        dataset = AsrDataset(utterances, self.tokenizer, self.stats, self.features)
+        dataset = AsrDataset(utterances, self.tokenizer, self._normaliser(), self.features)
         return self._loader(dataset, shuffle=False, batch_seconds=batch_seconds,
                             whole=batch_seconds is not None)
 

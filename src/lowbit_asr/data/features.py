@@ -1,13 +1,13 @@
-"""Acoustic features: 80-dim log-mel, global normalisation, SpecAugment, an on-disk cache.
+"""Acoustic features: 80-dim log-mel, the train statistics, SpecAugment, an on-disk cache.
 
 * :class:`LogMel`: 16 kHz audio -> ``(1 + T // 160, 80)`` log-mel frames (25 ms Hann window,
   10 ms hop, 512-point FFT, centred frames zero-padded at the ends, power spectrum,
-  ``log(max(mel, 1e-6))``).
+  ``log(max(mel, 1e-6))``). The model's front end (``model/frontend.py``) owns one, and the
+  cache is written with the same class, so training, evaluation and transcription agree.
 * :class:`FeatureStats`: per-bin mean and standard deviation over TRAIN frames, computed on an
   evenly spaced subsample of utterances (:func:`compute_stats`, ``stats_utterances`` of them,
-  500 by default) and cached as JSON beside the manifests (:func:`load_or_compute_stats`);
-  they also carry how to apply them (global or per-utterance mean, an optional cepstral lifter:
-  :func:`lifter_matrix`), so checkpoints and packed files evaluate as training did.
+  500 by default) and cached as JSON beside the manifests (:func:`load_or_compute_stats`). They
+  become buffers of the model's front end, which normalises with them (how: its config).
 * :class:`SpecAugment`: frequency and time masks whose count and width adapt to each
   utterance's length (Park et al. 2020), drawn from a generator seeded by
   ``(seed, epoch, utterance id)``: the same masks whatever the workers, ranks or batch mates.
@@ -23,7 +23,6 @@ in the page cache; noisy audio decodes slower); reading the cache ~0.5 s per hou
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -41,18 +40,11 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from lowbit_asr.data.librispeech import SAMPLE_RATE, Utterance, load_audio
+from lowbit_asr.data.audio import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH, load_audio
+from lowbit_asr.data.librispeech import Utterance
 
 log = logging.getLogger(__name__)
 
-N_MELS = 80
-"""Mel bins per frame."""
-WIN_LENGTH = 400
-"""Analysis window: 25 ms at 16 kHz."""
-HOP_LENGTH = 160
-"""Frame shift: 10 ms at 16 kHz."""
-N_FFT = 512
-"""FFT size (the next power of two above the window)."""
 LOG_FLOOR = 1e-6
 """Floor of the mel power before the log. TTS audio holds stretches of digital silence (mel
 power exactly 0); a floor near 16-bit quantisation noise keeps them from becoming -inf or
@@ -78,16 +70,25 @@ class LogMel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=SAMPLE_RATE,
-            n_fft=N_FFT,
-            win_length=WIN_LENGTH,
-            hop_length=HOP_LENGTH,
-            n_mels=N_MELS,
-            power=2.0,
-            # Zero padding of the centred edge frames: reflect padding fails below 257 samples.
-            pad_mode="constant",
-        )
+        # Built on the CPU even when a model is built on the meta device (size accounting of
+        # large configs): the filterbank is computed from the constants, not learned.
+        with torch.device("cpu"):
+            self.mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=SAMPLE_RATE,
+                n_fft=N_FFT,
+                win_length=WIN_LENGTH,
+                hop_length=HOP_LENGTH,
+                n_mels=N_MELS,
+                power=2.0,
+                # Zero padding of the centred edge frames: reflect padding fails below 257
+                # samples.
+                pad_mode="constant",
+            )
+        # The window and the filterbank follow from the constants above: rebuilt, never stored,
+        # so that a checkpoint or a packed file holds only what was learned or measured.
+        for module in self.mel.modules():
+            for name, buf in list(module.named_buffers(recurse=False)):
+                module.register_buffer(name, buf, persistent=False)
 
     def forward(self, audio: Tensor) -> Tensor:
         """Log-mel frames, time first (the RNN-T's ``(N, T, 80)`` layout)."""
@@ -220,93 +221,32 @@ def precompute_features(
     return report
 
 
-# ------------------------------------------------------------------------ normalisation
-
-
-NORMALISATIONS = ("global", "utterance")
-"""``global``: subtract the train mean; ``utterance``: subtract each utterance's own mean (per
-bin, over its frames: cepstral mean normalisation, which removes a voice's or a channel's fixed
-spectral tilt and level). Both divide by the train standard deviation."""
-
-
-def check_lifter(value: object, bins: int, name: str) -> None:
-    """``value`` must be 0 (off) or a coefficient count in 1..``bins``."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= bins:
-        raise ValueError(f"{name} must be an integer in 0..{bins} (0 = off), got {value!r}")
-
-
-@functools.lru_cache(maxsize=8)
-def lifter_matrix(bins: int, keep: int) -> Tensor:
-    """``(bins, bins)`` projection ``x @ P``: orthonormal DCT-II, zero every coefficient from
-    ``keep`` on, inverse DCT. Low coefficients are the spectral envelope (formants); high ones
-    the fine structure, chiefly pitch harmonics, which differ most between voices. It is the
-    classic MFCC truncation, kept in the log-mel domain so the model's input stays
-    ``(T, bins)``."""
-    n = torch.arange(bins, dtype=torch.float64)
-    dct = torch.cos(math.pi / bins * (n[None, :] + 0.5) * n[:, None])  # (k, n)
-    dct[0] *= math.sqrt(1.0 / bins)
-    dct[1:] *= math.sqrt(2.0 / bins)
-    kept = dct[:keep]  # (keep, bins)
-    return (kept.T @ kept).to(torch.float32)  # symmetric: x @ P = x @ D_k^T D_k
+# ------------------------------------------------------------------------ statistics
 
 
 @dataclass
 class FeatureStats:
-    """Per-bin mean and standard deviation of the train log-mel frames, and how to apply them."""
+    """Per-bin mean and standard deviation of the train log-mel frames."""
 
     mean: Tensor  #: (80,) float32
     std: Tensor  #: (80,) float32, at least STD_FLOOR
     utterances: int  #: utterances the statistics were computed on
     frames: int  #: frames the statistics were computed on
-    normalisation: str = "global"
-    """One of :data:`NORMALISATIONS`; stored with the statistics (and so in checkpoints), so
-    that evaluation normalises as training did."""
-    lifter: int = 0
-    """Cepstral liftering after normalisation: keep the first ``lifter`` DCT-II coefficients of
-    each frame and transform back to 80 bins (0 = off). Stored like ``normalisation``."""
-
-    def __post_init__(self) -> None:
-        if self.normalisation not in NORMALISATIONS:
-            raise ValueError(
-                f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}"
-            )
-        check_lifter(self.lifter, self.mean.shape[-1], "lifter")
-
-    def normalise(self, feats: Tensor) -> Tensor:
-        """Normalise one utterance ``(frames, 80)`` (or any ``(..., frames, 80)`` of whole
-        utterances): ``(feats - mean) / std``, the mean being the train one (``global``) or
-        the utterance's own (``utterance``); then the cepstral lifter, if any."""
-        if self.normalisation == "utterance" and feats.shape[-2] > 0:
-            feats = (feats - feats.mean(dim=-2, keepdim=True)) / self.std
-        else:
-            feats = (feats - self.mean) / self.std
-        if self.lifter:
-            feats = feats @ lifter_matrix(feats.shape[-1], self.lifter)
-        return feats
-
-    def with_normalisation(self, normalisation: str, lifter: int | None = None) -> FeatureStats:
-        """The same statistics applied the ``normalisation`` way, liftered to ``lifter`` (None:
-        keep this one's)."""
-        lifter = self.lifter if lifter is None else lifter
-        return FeatureStats(
-            self.mean, self.std, self.utterances, self.frames, normalisation, lifter
-        )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (also what checkpoints store)."""
+        """JSON-able form (the statistics cache)."""
         return {
             "version": FEATURE_VERSION,
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
             "utterances": self.utterances,
             "frames": self.frames,
-            "normalisation": self.normalisation,
-            "lifter": self.lifter,
         }
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> FeatureStats:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (older caches' ``normalisation``/``lifter`` entries are
+        ignored: how to normalise is the model's front-end config now)."""
         if state.get("version") != FEATURE_VERSION:
             raise ValueError(
                 f"feature statistics version {state.get('version')!r}, expected {FEATURE_VERSION}"
@@ -316,8 +256,6 @@ class FeatureStats:
             std=torch.tensor(state["std"], dtype=torch.float32),
             utterances=int(state["utterances"]),
             frames=int(state["frames"]),
-            normalisation=str(state.get("normalisation", "global")),
-            lifter=int(state.get("lifter", 0)),
         )
 
 

@@ -17,17 +17,14 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
-import torch
-from scipy.signal import resample_poly
+
+from lowbit_asr.data.audio import SAMPLE_RATE, BadUtteranceError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".flac", ".wav")
 LIBRISPEECH_SPLITS = (
     "train-clean-100",
@@ -42,15 +39,6 @@ BAD_UTTERANCE_MODES = ("stop", "skip")
 CACHE_VERSION = 1
 # Fallback for manifests of read-only data when no cache_dir is given.
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lowbit-asr"
-
-
-class BadUtteranceError(ValueError):
-    """An utterance that cannot be used: names the file and the reason."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -90,25 +78,6 @@ class SplitManifest:
 
     def __len__(self) -> int:
         return len(self.utterances)
-
-
-def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Decode an audio file to a (T,) float32 mono tensor at ``target_rate``.
-
-    Several channels are averaged; another sample rate is converted with a polyphase filter
-    (``scipy.signal.resample_poly``). Unreadable or empty audio raises BadUtteranceError.
-    """
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
-    except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise BadUtteranceError(path, f"unreadable audio ({err})") from err
-    if audio.shape[0] == 0:
-        raise BadUtteranceError(path, "zero-length audio")
-    mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]  # (T,)
-    if rate != target_rate:
-        ratio = Fraction(target_rate, rate)  # e.g. 44100 -> 16000 is 160/441
-        mono = resample_poly(mono, ratio.numerator, ratio.denominator).astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(mono))
 
 
 def read_split(

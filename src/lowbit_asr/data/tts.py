@@ -18,7 +18,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-SAMPLE_RATE = 16000
+from lowbit_asr.data.audio import SAMPLE_RATE, resample
+
 ENGINES = ("espeak-ng", "flite", "festival")
 
 #: Debian packages whose versions decide the audio (recorded in the corpus manifest).
@@ -83,7 +84,7 @@ def synthesize(voice: Voice, sentences: list[str], workdir: Path) -> list[np.nda
 
 def _finish(audio: np.ndarray, rate: int, voice: Voice) -> np.ndarray:
     """Resample to 16 kHz, apply the warp and the speaker's peak level; (T,) float32."""
-    audio = resample_to(audio, rate, SAMPLE_RATE)
+    audio = resample(audio, rate, SAMPLE_RATE)
     if voice.warp != 1.0:
         # Keep the 16 kHz label but take fewer (warp > 1) samples: pitch and formants rise.
         ratio = Fraction(voice.warp).limit_denominator(200)
@@ -92,14 +93,6 @@ def _finish(audio: np.ndarray, rate: int, voice: Voice) -> np.ndarray:
     if peak == 0.0:
         raise RuntimeError(f"{voice} produced silence")
     return (audio * (voice.gain / peak)).astype(np.float32)
-
-
-def resample_to(audio: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
-    """Polyphase resampling of (T,) audio from ``rate`` to ``target_rate`` Hz (exact ratio)."""
-    if rate == target_rate:
-        return audio
-    ratio = Fraction(target_rate, rate)  # e.g. 22050 -> 16000 is 320/441
-    return resample_poly(audio, ratio.numerator, ratio.denominator)
 
 
 def _run(cmd: list[str]) -> None:

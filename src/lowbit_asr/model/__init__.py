@@ -12,12 +12,14 @@ from lowbit_asr.model.config import (
     BLANK_ID,
     DecodingConfig,
     EncoderConfig,
+    FrontEndConfig,
     JoinerConfig,
     ModelConfig,
     PredictorConfig,
 )
 from lowbit_asr.model.conformer import ConformerEncoder
 from lowbit_asr.model.decoding import beam_search, greedy_search
+from lowbit_asr.model.frontend import FrontEnd
 from lowbit_asr.model.rnnt import RNNT, Joiner, Predictor, build_model, count_parameters
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "ConformerEncoder",
     "DecodingConfig",
     "EncoderConfig",
+    "FrontEnd",
+    "FrontEndConfig",
     "Joiner",
     "JoinerConfig",
     "ModelConfig",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lowbit_asr.data.audio import N_MELS
 from lowbit_asr.schema import coerce
 
 BLANK_ID = 0
@@ -29,6 +30,11 @@ DECODING_METHODS = ("greedy", "beam")
 
 RNNT_LOSS_IMPLS = ("torchaudio", "torch")
 """Implementations of the RNN-T loss: torchaudio's fused kernel or ``rnnt_loss.rnnt_nll``."""
+
+NORMALISATIONS = ("global", "utterance")
+"""``global``: subtract the train mean; ``utterance``: subtract each utterance's own mean (per
+bin, over its frames: cepstral mean normalisation, which removes a voice's or a channel's fixed
+spectral tilt and level). Both divide by the train standard deviation."""
 
 
 def _require_positive(obj: object, prefix: str, *names: str) -> None:
@@ -45,6 +51,34 @@ def _require_probability(obj: object, prefix: str, *names: str) -> None:
         value = getattr(obj, name)
         if not isinstance(value, int | float) or not 0.0 <= float(value) < 1.0:
             raise ValueError(f"{prefix}.{name} must be in [0, 1), got {value!r}")
+
+
+def check_lifter(value: object, bins: int, name: str) -> None:
+    """``value`` must be 0 (off) or a coefficient count in 1..``bins``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= bins:
+        raise ValueError(f"{name} must be an integer in 0..{bins} (0 = off), got {value!r}")
+
+
+@dataclass
+class FrontEndConfig:
+    """How the model turns log-mel frames into its input (``model/frontend.py``). The train
+    statistics themselves are model state (buffers), set from the training data."""
+
+    normalisation: str = "global"
+    """``global``: subtract the train mean per bin; ``utterance``: each utterance's own mean
+    (removes a voice's level and spectral tilt); both divide by the train std."""
+    cepstral_lifter: int = 0
+    """Keep the first this-many DCT coefficients of each normalised log-mel frame (0 = off):
+    smooths pitch harmonics out of the spectral envelope, the MFCC habit for speaker
+    robustness."""
+
+    def __post_init__(self) -> None:
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"frontend.normalisation must be one of {NORMALISATIONS}, "
+                f"got {self.normalisation!r}"
+            )
+        check_lifter(self.cepstral_lifter, N_MELS, "frontend.cepstral_lifter")
 
 
 @dataclass
@@ -153,8 +187,11 @@ class DecodingConfig:
 
 @dataclass
 class ModelConfig:
-    """Conformer RNN-T: encoder, predictor, joiner, optional CTC head, loss and search knobs."""
+    """Conformer RNN-T: front end, encoder, predictor, joiner, optional CTC head, loss and
+    search knobs."""
 
+    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
+    """Feature normalisation (its statistics are buffers of the model)."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     """Conformer encoder."""
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
@@ -171,6 +208,7 @@ class ModelConfig:
     """Search settings used by ``RNNT.decode``."""
 
     def __post_init__(self) -> None:
+        self.frontend = coerce(self.frontend, FrontEndConfig, "frontend")
         self.encoder = coerce(self.encoder, EncoderConfig, "encoder")
         self.predictor = coerce(self.predictor, PredictorConfig, "predictor")
         self.joiner = coerce(self.joiner, JoinerConfig, "joiner")

@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from lowbit_asr.model.config import BLANK_ID, DecodingConfig, ModelConfig, PredictorConfig
 from lowbit_asr.model.conformer import ConformerEncoder
 from lowbit_asr.model.decoding import search, sequence_log_prob
+from lowbit_asr.model.frontend import FrontEnd
 from lowbit_asr.model.rnnt_loss import rnnt_nll
 
 LSTMState = tuple[Tensor, Tensor]
@@ -134,9 +135,11 @@ def _rnnt_loss_sum(
 
 
 class RNNT(nn.Module):
-    """Conformer transducer with an optional auxiliary CTC head.
+    """Conformer transducer with its front end and an optional auxiliary CTC head.
 
-    ``forward`` returns the training losses; ``decode`` returns token ids per utterance.
+    ``forward`` returns the training losses and ``decode`` token ids per utterance, both from
+    normalised features ``(N, T, 80)``; ``frontend(waveform, sample_rate)`` makes those features
+    from audio (the data path normalises with the same module).
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
@@ -145,6 +148,8 @@ class RNNT(nn.Module):
             raise ValueError(f"vocab_size must be >= 2 (blank + one token), got {vocab_size}")
         self.cfg = cfg
         self.vocab_size = vocab_size
+        # Audio -> normalised log-mel, with the train statistics as buffers (model state).
+        self.frontend = FrontEnd(cfg.frontend)
         self.encoder = ConformerEncoder(cfg.encoder)
         self.predictor = Predictor(cfg.predictor, vocab_size)
         self.joiner = Joiner(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +11,42 @@ import torch
 
 from lowbit_asr.data.features import FeatureStats
 from lowbit_asr.data.tokenizer import Tokenizer
+from lowbit_asr.model.config import ModelConfig
+from lowbit_asr.model.frontend import STATE_KEYS as FRONTEND_KEYS
 from lowbit_asr.quant import load_float_state_dict
 from lowbit_asr.train.module import RNNTModule
 
-REQUIRED_KEYS = ("hyper_parameters", "state_dict", "AsrDataModule")
+REQUIRED_KEYS = ("hyper_parameters", "state_dict")
+log = logging.getLogger(__name__)
+
+
+def upgrade_frontend_state(state: dict[str, Any], hparams: dict[str, Any],
+                           old_stats: dict[str, Any] | None, prefix: str, source: str) -> bool:
+    """Bring a model saved before the front end moved into it up to date, in place.
+
+    Such files keep the feature statistics (and how to apply them) beside the model
+    (``AsrDataModule.feature_stats`` in a checkpoint, ``extra.feature_stats`` in a packed file);
+    they become the front end's buffers ``<prefix>frontend.{mean,std,stats_count}`` and its
+    config ``model.frontend``. Returns whether anything changed; a file with neither is an
+    error naming what is missing, never a model that normalises with zeros and ones.
+    """
+    names = [f"{prefix}frontend.{key}" for key in FRONTEND_KEYS]
+    if all(name in state for name in names):
+        return False
+    if old_stats is None:
+        missing = [name for name in names if name not in state]
+        raise ValueError(f"{source}: no feature statistics: the model state lacks {missing}"
+                         " and the file has no (older) feature_stats entry either")
+    stats = FeatureStats.from_dict(old_stats)
+    state[names[0]], state[names[1]] = stats.mean, stats.std
+    state[names[2]] = torch.tensor([stats.utterances, stats.frames], dtype=torch.int64)
+    model = dict(hparams["model"])
+    model["frontend"] = {"normalisation": str(old_stats.get("normalisation", "global")),
+                         "cepstral_lifter": int(old_stats.get("lifter", 0))}
+    hparams["model"] = model
+    log.warning("%s: written before the front end moved into the model; its feature statistics"
+                " were converted in memory (model.frontend=%s)", source, model["frontend"])
+    return True
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -27,21 +61,33 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a lowbit-asr training checkpoint (no {missing})")
+    old = (ckpt.get("AsrDataModule") or {}).get("feature_stats")
+    upgrade_frontend_state(ckpt["state_dict"], ckpt["hyper_parameters"], old, "model.", str(path))
     return ckpt
 
 
-def restore(ckpt: dict[str, Any]) -> tuple[RNNTModule, Tokenizer, FeatureStats]:
-    """The module (its quantizer applied while building), tokenizer and feature statistics."""
+def restore(ckpt: dict[str, Any]) -> tuple[RNNTModule, Tokenizer]:
+    """The eval-mode module (its quantizer applied while building, its front end's statistics
+    loaded with the weights) and tokenizer of a checkpoint read by :func:`read_checkpoint`."""
     module = RNNTModule(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
-    stats = FeatureStats.from_dict(ckpt["AsrDataModule"]["feature_stats"])
-    return module.eval(), module.tokenizer, stats
+    return module.eval(), module.tokenizer
 
 
-def data_state(ckpt: dict[str, Any]) -> tuple[Tokenizer, FeatureStats]:
-    """The tokenizer and feature statistics a checkpoint was trained with."""
-    return (Tokenizer.from_state(ckpt["hyper_parameters"]["tokenizer"]),
-            FeatureStats.from_dict(ckpt["AsrDataModule"]["feature_stats"]))
+def checkpoint_tokenizer(ckpt: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with."""
+    return Tokenizer.from_state(ckpt["hyper_parameters"]["tokenizer"])
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def init_from_float(module: RNNTModule, ckpt: dict[str, Any], path: str | Path) -> None:
@@ -49,15 +95,17 @@ def init_from_float(module: RNNTModule, ckpt: dict[str, Any], path: str | Path) 
 
     The architectures must agree (decoding settings may differ); errors name the checkpoint.
     """
-    theirs = dict(ckpt["hyper_parameters"]["model"])
-    ours = dict(module.hparams["model"])
-    theirs.pop("decoding", None)
-    ours.pop("decoding", None)
-    differing = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    # Compared as complete configs (defaults filled in): a key left to its default on one side
+    # and written out on the other is no difference.
+    theirs = _flat(asdict(ModelConfig(**ckpt["hyper_parameters"]["model"])))
+    ours = _flat(asdict(ModelConfig(**module.hparams["model"])))
+    differing = [f"model.{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}"
+                 for k in sorted(set(theirs) | set(ours))
+                 if not k.startswith("decoding.") and theirs.get(k) != ours.get(k)]
     if differing:
         raise ValueError(
-            f"init.checkpoint {path}: model config differs from this run's in {differing}"
-        )
+            f"init.checkpoint {path}: model config differs from this run's: "
+            + "; ".join(differing))
     state = {key.removeprefix("model."): value for key, value in ckpt["state_dict"].items()
              if key.startswith("model.")}
     try:

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from lowbit_asr.data.audio import FRAME_SHIFT_SECONDS
 from lowbit_asr.data.tokenizer import Tokenizer
 from lowbit_asr.model.rnnt import build_model, count_parameters
 from lowbit_asr.quant import QuantPolicy, prepare, set_fake_quant_enabled, size_report
@@ -24,10 +25,6 @@ from lowbit_asr.train.optim import OptimConfig, build_optimizer, lr_factor
 from lowbit_asr.train.scoring import UtteranceScore, score_utterance, word_errors
 
 log = logging.getLogger(__name__)
-
-FRAME_SHIFT_SECONDS = 0.01
-"""Feature hop (10 ms): frames -> seconds of audio, for the real-time factor."""
-
 
 __all__ = ["RNNTModule", "word_errors"]
 
