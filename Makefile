@@ -6,8 +6,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
-                r-cran-janeaustenr r-cran-stringr libsndfile1 sctk
+# The one list of Debian packages (also read by the corpus manifest): first word of each line.
+DEB_PACKAGES := $(shell sed -e 's/\#.*//' src/lowbit_asr/data/debian-packages.txt | awk 'NF {print $$1}')
 PYTEST_ARGS ?=
 
 .PHONY: help install debs test test-all lint benchmark data reproduce clean
@@ -53,7 +53,7 @@ benchmark: install ## Print the QAT-overhead table
 CORPUS_SIZE ?= mini
 CORPUS_SEED ?= 0
 data: install ## Generate the embedded TTS corpus (CORPUS_SIZE=mini|small|tiny, CORPUS_SEED=0) in data/
-	$(VENV)/bin/lowbit-asr corpus --size $(CORPUS_SIZE) --seed $(CORPUS_SEED) --out data/embedded-$(CORPUS_SIZE)
+	$(VENV)/bin/lowbit-asr corpus --size $(CORPUS_SIZE) --seed $(CORPUS_SEED)
 
 DATASET ?= embedded_mini
 DATA_ROOT ?=

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+"""The Hydra configs. In the repository ``src/lowbit_asr/conf`` is a link to the top-level
+``conf/`` (where users read and edit them); a wheel carries the files themselves, so a
+non-editable install finds them too."""
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "size": ("lowbit_asr.commands.size", "per-tensor size table of a model under a quantizer"),

@@ -24,12 +24,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
 from lowbit_asr.packed import load_for_evaluation
 from lowbit_asr.train.results import git_commit
 from lowbit_asr.train.scoring import evaluate_to, print_summary
-
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
 
 def default_out(checkpoint: str | Path) -> Path:
@@ -38,7 +37,7 @@ def default_out(checkpoint: str | Path) -> Path:
     return path.with_name(f"{path.stem}.eval")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint or packed file on every requested split."""
     if cfg.threads:

@@ -16,12 +16,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.packed import SUFFIX, export_packed
 
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Pack the checkpoint, print its size against the accounted size."""
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_suffix(SUFFIX)

@@ -24,20 +24,28 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.packed import export_packed
 from lowbit_asr.train.frontier import display_name, log_frontier_to_wandb, write_frontier
 from lowbit_asr.train.results import RESULT_FILE, git_commit
 from lowbit_asr.train.scoring import UtteranceScore, load_evaluation, totals
 from lowbit_asr.train.significance import compare_split
 
-DEFAULT_GRID = (
-    # "none" first: the float model fine-tuned with the grid's own schedule, the fair reference
-    # for "lossless" (an under-trained float baseline gains from any extra steps, QAT or not).
-    # Then the points the paper's claims rest on, so that a partial run answers most of them.
-    "none", "int4_asym", "int2_asym", "mixed_int2_ffn_attn_int4_rest", "int2_sym",
-    "int2_asym_sc4", "int2_asym_clipsearch", "int4_sym", "int2_asym_g16", "int8_asym",
-    "mixed_int2_encoder_int8_rest",
-)
+REPRODUCE_SWEEP = CONF_DIR / "sweep" / "reproduce_grid.yaml"
+"""The grid ``make reproduce`` trains: one list, in the sweep config (a multirun can run it too)."""
+
+
+def sweep_quantizers(path: Path = REPRODUCE_SWEEP) -> list[str]:
+    """The quantizer names of a sweep config's ``hydra.sweeper.params.quantizer``, in order."""
+    value = OmegaConf.load(path).hydra.sweeper.params.quantizer
+    names = [name.strip() for name in str(value).split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"{path}: hydra.sweeper.params.quantizer names no quantizer")
+    return names
+
+
 PACKED_EVAL = ("int4_asym", "int2_asym", "mixed_int2_ffn_attn_int4_rest")
 """Grid points whose packed file is evaluated by default (the others are only exported)."""
 PACKED_FILE = "packed.json"
@@ -251,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainer", default="cpu", help="a conf/trainer name")
     parser.add_argument("--float-experiment", default="float_mini")
     parser.add_argument("--qat-experiment", default="qat_mini")
-    parser.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID),
-                        help="quantizer configs (conf/quantizer) to fine-tune")
+    parser.add_argument("--grid", nargs="+", default=None,
+                        help="quantizer configs (conf/quantizer) to fine-tune (default: the"
+                        " list in conf/sweep/reproduce_grid.yaml)")
     parser.add_argument("--out", type=Path, default=None,
                         help="stage folders (default runs/reproduce/<dataset>)")
     parser.add_argument("--results-md", type=Path, default=Path("RESULTS.md"))
@@ -277,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         size = args.dataset.removeprefix("embedded_")
         say(f"stage 1/4: corpus ({size})")
         subprocess.run([str(Path(sys.executable).parent / "lowbit-asr"), "corpus", "--size",
-                        size, "--out", f"data/embedded-{size}"], check=True)
+                        size], check=True)  # into its default root, the dataset config's
 
     float_dir = out / "float"
     if _done(float_dir):
@@ -292,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"float baseline: WER {float_row['wer']}, {float_row['size_mb']:.3f} MB")
     best = float_row.get("best_checkpoint") or str(float_dir / "checkpoints" / "last.ckpt")
 
+    args.grid = args.grid or sweep_quantizers()
     for i, quantizer in enumerate(args.grid, 1):
         point = out / "grid" / quantizer
         row = _done(point)

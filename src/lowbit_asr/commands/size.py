@@ -7,18 +7,16 @@ bits, scale groups and total bits, then the totals in bits, bytes and MB (10^6 b
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.model.rnnt import build_model, count_parameters
 from lowbit_asr.quant import QuantPolicy, size_report
 
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="size")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="size")
 def main(cfg: DictConfig) -> None:
     """Build the model (float), resolve the policy against it, print the report."""
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), cfg.vocab_size)

@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.train.checkpoint import checkpoint_tokenizer, init_from_float, read_checkpoint
 from lowbit_asr.train.config import TrainConfig, validate
@@ -30,7 +31,6 @@ from lowbit_asr.train.module import RNNTModule
 from lowbit_asr.train.results import RESULT_FILE, failed_row, git_commit, result_row
 from lowbit_asr.train.scoring import EVALUATION_FILE, RUN_EVAL_DIR, evaluate_to
 
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 log = logging.getLogger("lowbit_asr.train")
 
 
@@ -168,7 +168,7 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return row
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(dict_cfg: DictConfig) -> dict[str, Any]:
     """Run and write ``results.json``; in a multirun sweep a failing point is recorded as
     failed (with its error) and the sweep goes on."""

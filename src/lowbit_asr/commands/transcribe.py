@@ -24,10 +24,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.transcribe import Recognizer, expand_inputs
 
 # Its own folder: conf/ has a `model` group, and here `model=` is a file.
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf" / "transcribe")
+TRANSCRIBE_CONF = str(CONF_DIR / "transcribe")
 FORMATS = ("tsv", "jsonl")
 log = logging.getLogger("lowbit_asr.transcribe")
 
@@ -50,7 +51,7 @@ def _write(lines: list[str], out: str | None) -> None:
     os.replace(tmp, path)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="transcribe")
+@hydra.main(version_base="1.3", config_path=TRANSCRIBE_CONF, config_name="transcribe")
 def main(cfg: DictConfig) -> int:
     """Transcribe every file; 1 if any could not be read."""
     if cfg.format not in FORMATS:

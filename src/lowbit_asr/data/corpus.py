@@ -22,7 +22,8 @@ Held-out size: ``dev`` and ``test-clean`` are sized for paired comparisons of tw
 target is a 95% interval of at most ±0.75 WER points on a paired difference bootstrapped over
 speakers as blocks, hence mini's ~2.4x the words of v1 in short chapters (one speaker each).
 
-CLI: ``python -m lowbit_asr.data.corpus --size mini --seed 0 --out data/embedded``.
+CLI: ``lowbit-asr corpus --size mini --seed 0`` (into ``data/embedded-mini``, where
+``conf/dataset/embedded_mini.yaml`` looks).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ import soundfile as sf
 from lowbit_asr.data import texts
 from lowbit_asr.data.audio import SAMPLE_RATE
 from lowbit_asr.data.corrupt import corrupt, draw_corruption
-from lowbit_asr.data.tts import ENGINE_PACKAGES, Voice, synthesize
+from lowbit_asr.data.tts import Voice, synthesize
 from lowbit_asr.data.voices import HELDOUT, TRAIN, VoiceDealer
 
 log = logging.getLogger(__name__)
@@ -367,10 +368,17 @@ def _dpkg_version(package: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "not installed"
 
 
+def debian_packages(role: str | None = None) -> list[str]:
+    """The Debian packages of ``data/debian-packages.txt`` (the one list, which the Makefile
+    installs), those of ``role`` only if given (``corpus``: whose versions decide the corpus)."""
+    text = (resources.files("lowbit_asr.data") / "debian-packages.txt").read_text("utf-8")
+    rows = [line.split("#", 1)[0].split() for line in text.splitlines()]
+    return [row[0] for row in rows if row and (role is None or row[1:2] == [role])]
+
+
 def engine_versions() -> dict[str, str]:
     """Debian versions of everything that decides the audio and the text."""
-    packages = (*ENGINE_PACKAGES, "r-cran-janeaustenr", "r-cran-stringr")
-    return {p: _dpkg_version(p) for p in packages}
+    return {p: _dpkg_version(p) for p in debian_packages("corpus")}
 
 
 def library_versions() -> dict[str, str]:
@@ -637,6 +645,13 @@ def _logged(results: Iterator[dict[str, list[int]]], total: int) -> Iterator[dic
 # CLI.
 
 
+def default_root(size: str) -> Path:
+    """Where a corpus of ``size`` goes by default: ``data/embedded-<size>``, the root of
+    ``conf/dataset/embedded_<size>.yaml`` (a test holds the two together), relative to the
+    working directory."""
+    return Path("data") / f"embedded-{size}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m lowbit_asr.data.corpus`` (and ``lowbit-asr corpus``)."""
     parser = argparse.ArgumentParser(
@@ -653,8 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("data/embedded"),
-        help="corpus root (default: data/embedded)",
+        default=None,
+        help=f"corpus root (default: {default_root('<size>')}, where conf/dataset/embedded_<size>"
+        " looks)",
     )
     parser.add_argument("--workers", type=int, default=2, help="parallel chapters (default: 2)")
     parser.add_argument(
@@ -666,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; prints a per-split summary and the wall time."""
     args = build_parser().parse_args(argv)
+    args.out = args.out or default_root(args.size)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     start = time.perf_counter()
     try:

@@ -22,17 +22,6 @@ from lowbit_asr.data.audio import SAMPLE_RATE, resample
 
 ENGINES = ("espeak-ng", "flite", "festival")
 
-#: Debian packages whose versions decide the audio (recorded in the corpus manifest).
-ENGINE_PACKAGES = (
-    "espeak-ng",
-    "espeak-ng-data",
-    "flite",
-    "festival",
-    "festvox-kallpc16k",
-    "festvox-kdlpc16k",
-    "festvox-us-slt-hts",
-)
-
 # Festival voice name -> the scheme function that selects it.
 _FESTIVAL_VOICES = {
     "kal_diphone": "voice_kal_diphone",

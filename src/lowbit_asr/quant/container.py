@@ -46,7 +46,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import Tensor, nn
 
@@ -227,6 +226,17 @@ def pack_state(
     return {name: blob for name, blob in blobs.items() if blob.numel()}, table
 
 
+def _safetensors() -> Any:
+    """``safetensors.torch``, imported when a file is written or read: ``lowbit_asr.quant``
+    itself needs torch and numpy alone (safetensors comes with the ``asr`` extra)."""
+    try:
+        import safetensors.torch
+    except ImportError as err:
+        raise ImportError("packed files need safetensors: pip install 'lowbit-asr[asr]' (or"
+                          " pip install safetensors)") from err
+    return safetensors.torch
+
+
 def _digest(blobs: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
     """sha256 over every blob (name, dtype, bytes) and every metadata entry but the digest."""
     h = hashlib.sha256()
@@ -273,7 +283,7 @@ def write_packed(
     metadata["sha256"] = _digest(blobs, metadata)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        safetensors.torch.save_file(blobs, tmp, metadata=metadata)
+        _safetensors().save_file(blobs, tmp, metadata=metadata)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -529,7 +539,7 @@ def read_packed(path: str | Path) -> tuple[dict[str, Tensor], PackedFile]:
         raise ValueError(f"{path}: metadata 'policy': {err}") from err
     extra = _parse_json(path, metadata, "extra", dict)
     try:
-        blobs = safetensors.torch.load(data)
+        blobs = _safetensors().load(data)
     except Exception as err:  # safetensors' own checks: dtypes, shapes vs offsets, overlaps
         raise ValueError(f"{path}: corrupted safetensors data ({err})") from err
     del data
