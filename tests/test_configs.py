@@ -89,3 +89,31 @@ def test_missing_dataset_root_is_named(tmp_path):
     plain["dataset"]["root"] = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"dataset\.root: no such directory .*nowhere"):
         validate(plain)
+
+
+# ---- keys that did nothing now act or are refused (issue 15) --------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["init.checkpoint=float.ckpt"], "init.checkpoint=float.ckpt does nothing with"
+                                         " init.mode=scratch"),
+        (["+logger.csv.enabeld=false"], r"logger.csv: unknown field\(s\) \['enabeld'\]"),
+        (["trainer.check_val_every_n_epoch=2"], "check_val_every_n_epoch=2 does nothing with an"
+                                                " integer trainer.val_check_interval"),
+        (["+dataset.seed=3"], "dataset.seed is now seed"),
+        (["+logger.wandb.enabled=false"], "logger.wandb.enabled is now logger.wandb.mode"),
+    ],
+)
+def test_no_op_keys_are_refused(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        validate(_compose(*overrides, root=tmp_path))
+
+
+def test_the_run_seed_seeds_the_data_too(tmp_path):
+    assert validate(_compose("seed=7", root=tmp_path)).dataset.seed == 7
+    assert validate(_compose(root=tmp_path)).dataset.seed == 0
+    # An epoch-based validation schedule is still possible, with a fractional interval.
+    cfg = validate(_compose("trainer.val_check_interval=1.0",
+                            "trainer.check_val_every_n_epoch=2", root=tmp_path))
+    assert cfg.trainer.lightning_kwargs()["check_val_every_n_epoch"] == 2
+    assert validate(_compose("logger=csv", root=tmp_path)).logger.wandb.mode == "disabled"

@@ -25,10 +25,12 @@ def coerce(value: Any, cls: type[T], name: str) -> T:
     if isinstance(value, Mapping):
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(value) - known)
+        # A key that moved elsewhere (even if the class still has a field of that name, set by
+        # code rather than by config) is named with where it went.
         moved = getattr(cls, "MOVED_FIELDS", {})
-        if set(unknown) & set(moved):
+        if set(value) & set(moved):
             raise ValueError("; ".join(f"{name}.{key} is now {moved[key]}"
-                                       for key in unknown if key in moved))
+                                       for key in sorted(value) if key in moved))
         if unknown:
             raise ValueError(f"{name}: unknown field(s) {unknown}; known: {sorted(known)}")
         return cls(**{str(k): v for k, v in value.items()})

@@ -37,9 +37,9 @@ log = logging.getLogger("lowbit_asr.train")
 def build_loggers(cfg: TrainConfig, run_dir: Path, plain: dict[str, Any]) -> list[Any]:
     """CSV and (offline by default) W&B loggers, as configured."""
     loggers: list[Any] = []
-    if cfg.logger.csv.get("enabled", True):
+    if cfg.logger.csv.enabled:
         loggers.append(L.pytorch.loggers.CSVLogger(run_dir, name="csv", version=""))
-    if cfg.logger.wandb.enabled and cfg.logger.wandb.mode != "disabled":
+    if cfg.logger.wandb.mode != "disabled":
         loggers.append(L.pytorch.loggers.WandbLogger(
             project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
             mode=cfg.logger.wandb.mode, save_dir=str(run_dir), name=cfg.experiment_name,

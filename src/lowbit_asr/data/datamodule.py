@@ -109,6 +109,7 @@ class DatasetConfig:
     MOVED_FIELDS = MappingProxyType({
         "normalisation": "model.frontend.normalisation",
         "cepstral_lifter": "model.frontend.cepstral_lifter",
+        "seed": "seed (the run's one seed: it also seeds the batch order and augmentation)",
     })
     """Keys that left this config (the model's front end owns them now)."""
 
@@ -145,7 +146,8 @@ class DatasetConfig:
     stats_utterances: int = 500
     """Train utterances (evenly spaced) the normalisation statistics are computed on."""
     seed: int = 0
-    """Seed of the batch shuffle, the perturbation and SpecAugment (with the epoch)."""
+    """Seed of the batch shuffle, the perturbation and SpecAugment (with the epoch). Not a
+    config key: ``lowbit-asr train`` sets it to the run's ``seed``."""
     curriculum_epochs: int = 0
     """Epochs at the start of training whose batches go from the shortest utterances to the
     longest (SortaGrad, Amodei et al. 2016; batches still shuffled inside each bucket); 0 =

@@ -8,8 +8,9 @@ the key's name, not an hour into a run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -59,7 +60,8 @@ class TrainerConfig:
     val_check_interval: int | float = 500
     """Validate every this many training batches (int) or fraction of an epoch (float)."""
     check_val_every_n_epoch: int | None = None
-    """Validate every N epochs (``None`` with an int ``val_check_interval``)."""
+    """Validate every N epochs; only with a fractional ``val_check_interval`` (an integer
+    interval counts batches across epochs, so this must be null with it)."""
     limit_val_batches: int | float = 1.0
     """Dev batches per validation (fraction or count)."""
     log_every_n_steps: int = 25
@@ -90,15 +92,18 @@ class TrainerConfig:
             )
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"trainer.threads must be an integer >= 0, got {self.threads!r}")
+        if isinstance(self.val_check_interval, int) and self.check_val_every_n_epoch is not None:
+            raise ValueError(
+                f"trainer.check_val_every_n_epoch={self.check_val_every_n_epoch} does nothing with"
+                f" an integer trainer.val_check_interval={self.val_check_interval} (validation"
+                " counts batches across epochs): set it to null, or give val_check_interval as a"
+                " fraction of an epoch (e.g. 1.0)")
 
     def lightning_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``lightning.Trainer``."""
         kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "threads"}
         # The bucketing batch sampler shards across ranks itself.
         kwargs["use_distributed_sampler"] = False
-        if isinstance(self.val_check_interval, int):
-            # Count the interval across epoch boundaries (small corpora have short epochs).
-            kwargs["check_val_every_n_epoch"] = None
         return kwargs
 
 
@@ -106,14 +111,15 @@ class TrainerConfig:
 class WandbConfig:
     """Weights & Biases logging; offline by default so no network is ever needed."""
 
-    enabled: bool = True
-    """Log to W&B at all."""
+    MOVED_FIELDS = MappingProxyType({"enabled": "logger.wandb.mode (disabled: no W&B)"})
+
     project: str = "lowbit-asr"
     """W&B project."""
     entity: str | None = None
     """W&B entity (team or user)."""
     mode: str = "offline"
-    """``offline`` (sync later), ``online`` (needs WANDB_API_KEY) or ``disabled``."""
+    """``offline`` (sync later), ``online`` (needs WANDB_API_KEY) or ``disabled`` (no W&B run:
+    the one switch)."""
     tags: list[str] = field(default_factory=list)
     """Extra run tags."""
 
@@ -125,17 +131,31 @@ class WandbConfig:
 
 
 @dataclass
+class CsvConfig:
+    """Lightning's CSV logger (``<run>/csv/metrics.csv``)."""
+
+    enabled: bool = True
+    """Write the metrics CSV."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"logger.csv.enabled must be true or false, got {self.enabled!r}")
+
+
+@dataclass
 class LoggerConfig:
     """Where metrics go."""
 
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """W&B settings."""
-    csv: dict[str, Any] = field(default_factory=lambda: {"enabled": True})
-    """CSV logger (``enabled``)."""
+    csv: CsvConfig = field(default_factory=CsvConfig)
+    """CSV logger."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.wandb, WandbConfig):
             self.wandb = _build(WandbConfig, self.wandb, "logger.wandb")
+        if not isinstance(self.csv, CsvConfig):
+            self.csv = _build(CsvConfig, self.csv, "logger.csv")
 
 
 @dataclass
@@ -154,6 +174,10 @@ class InitConfig:
             raise ValueError(f"init.mode must be one of {INIT_MODES}, got {self.mode!r}")
         if self.mode == "float_ckpt" and not self.checkpoint:
             raise ValueError("init.checkpoint is required when init.mode=float_ckpt")
+        if self.mode == "scratch" and self.checkpoint:
+            raise ValueError(
+                f"init.checkpoint={self.checkpoint} does nothing with init.mode=scratch: set"
+                " init.mode=float_ckpt to start from it (or drop init.checkpoint)")
         if not isinstance(self.fake_quant_after_steps, int) or self.fake_quant_after_steps < 0:
             raise ValueError("init.fake_quant_after_steps must be an integer >= 0")
 
@@ -200,7 +224,8 @@ def validate(cfg: Mapping[str, Any]) -> TrainConfig:
     seed = cfg.get("seed", 0)
     if not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    dataset = _build(DatasetConfig, cfg.get("dataset"), "dataset")
+    # One seed: the run's also seeds the batch order, the perturbation and SpecAugment.
+    dataset = replace(_build(DatasetConfig, cfg.get("dataset"), "dataset"), seed=seed)
     if not Path(dataset.root).is_dir():
         raise ValueError(
             f"dataset.root: no such directory {dataset.root!r} (relative paths are relative to"

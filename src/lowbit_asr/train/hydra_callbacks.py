@@ -26,8 +26,7 @@ class FrontierOnMultirunEnd(Callback):
             return
         log.info("frontier written: %s", ", ".join(str(p) for p in paths.values()))
         wandb_cfg = config.get("logger", {}).get("wandb", {})
-        mode = str(wandb_cfg.get("mode", "offline")) if wandb_cfg.get("enabled", True) else (
-            "disabled")
+        mode = str(wandb_cfg.get("mode", "offline"))
         try:  # the frontier files are written either way; W&B is a copy of them
             log_frontier_to_wandb(paths, mode=mode)
         except Exception as err:  # noqa: BLE001 - a W&B failure must not lose the sweep's end
