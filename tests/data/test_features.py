@@ -17,8 +17,6 @@ from lowbit_asr.data.features import (
     FeatureSource,
     FeatureStats,
     LogMel,
-    SpecAugment,
-    SpecAugmentConfig,
     compute_stats,
     feature_cache_dir,
     load_or_compute_stats,
@@ -27,6 +25,7 @@ from lowbit_asr.data.features import (
     stats_subsample,
 )
 from lowbit_asr.data.librispeech import Utterance, read_split
+from lowbit_asr.data.specaugment import SpecAugment, SpecAugmentConfig
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pipeline_corpus import sentences
 
 from lowbit_asr.data import tokenizer as tok
 from lowbit_asr.data.tokenizer import (
+    BLANK_ID,
     CharTokenizer,
     SentencePieceTokenizer,
     Tokenizer,
@@ -19,7 +20,6 @@ from lowbit_asr.data.tokenizer import (
     build_tokenizer,
     tokenizer_cache_path,
 )
-from lowbit_asr.model.config import BLANK_ID
 
 TRAIN = sentences(300, seed=1)
 UNSEEN = sentences(50, seed=2)  # same words, other sentences

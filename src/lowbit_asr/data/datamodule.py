@@ -53,8 +53,6 @@ from lowbit_asr.data.audio import BadUtteranceError
 from lowbit_asr.data.features import (
     FeatureSource,
     FeatureStats,
-    SpecAugment,
-    SpecAugmentConfig,
     feature_cache_dir,
     load_or_compute_stats,
     precompute_features,
@@ -68,14 +66,15 @@ from lowbit_asr.data.librispeech import (
 )
 from lowbit_asr.data.perturb import Perturb, PerturbConfig
 from lowbit_asr.data.sampler import BucketingBatchSampler
+from lowbit_asr.data.specaugment import SpecAugment, SpecAugmentConfig
 from lowbit_asr.data.tokenizer import (
+    BLANK_ID,
     Tokenizer,
     TokenizerConfig,
     UnknownCharacterError,
     build_tokenizer,
     normalise_text,
 )
-from lowbit_asr.model.config import BLANK_ID
 from lowbit_asr.schema import coerce
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,9 @@ from typing import Any
 
 import sentencepiece as spm
 
-from lowbit_asr.model.config import BLANK_ID
+BLANK_ID = 0
+"""Id 0 of every tokenizer: the transducer's blank (also the predictor's start-of-sequence
+input); units are 1..vocab_size-1."""
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ Usage::
     hyps = model.eval().decode(feats, feat_lens)  # list[list[int]], blank removed
 """
 
+from lowbit_asr.data.tokenizer import BLANK_ID
 from lowbit_asr.model.config import (
-    BLANK_ID,
     DecodingConfig,
     EncoderConfig,
     FrontEndConfig,

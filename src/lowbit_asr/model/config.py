@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from lowbit_asr.data.audio import N_MELS
 from lowbit_asr.schema import coerce
 
-BLANK_ID = 0
-"""Blank token id of the transducer; also the predictor's start-of-sequence input."""
-
 SUBSAMPLING_FACTORS = (4, 6, 8)
 """Supported time reduction factors of the convolutional front end."""
 

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from lowbit_asr.model.config import BLANK_ID, DecodingConfig
+from lowbit_asr.data.tokenizer import BLANK_ID
+from lowbit_asr.model.config import DecodingConfig
 from lowbit_asr.model.rnnt_loss import forward_rows, lattice_log_probs
 
 if TYPE_CHECKING:

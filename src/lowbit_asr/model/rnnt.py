@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils.checkpoint import checkpoint
 
-from lowbit_asr.model.config import BLANK_ID, DecodingConfig, ModelConfig, PredictorConfig
+from lowbit_asr.data.tokenizer import BLANK_ID
+from lowbit_asr.model.config import DecodingConfig, ModelConfig, PredictorConfig
 from lowbit_asr.model.conformer import ConformerEncoder
 from lowbit_asr.model.decoding import search, sequence_log_prob
 from lowbit_asr.model.frontend import FrontEnd
