@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "frontier": ("lowbit_asr.commands.frontier", "size-vs-WER Pareto front of a sweep directory"),
     "compare": ("lowbit_asr.commands.compare", "paired significance test of two evaluations"),
     "reproduce": ("lowbit_asr.commands.reproduce", "data -> float -> QAT grid -> frontier"),
-    "corpus": ("lowbit_asr.data.corpus", "generate the embedded TTS corpus (LibriSpeech layout)"),
+    "corpus": ("lowbit_asr.commands.corpus", "generate the embedded TTS corpus (LibriSpeech)"),
 }
 
 

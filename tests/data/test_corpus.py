@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from lowbit_asr.commands import corpus as corpus_command
 from lowbit_asr.data import corpus, texts
 from lowbit_asr.data.corpus import IN_PROGRESS, MANIFEST, SIZES, CorpusManifest, generate_corpus
 from lowbit_asr.data.corrupt import corrupt
@@ -337,7 +338,7 @@ def test_a_corpus_of_an_older_format_is_refused_untouched_or_replaced(
     with pytest.raises(FileExistsError, match=r"corpus v1.*rm -r") as refusal:
         generate_corpus(root, size="tiny", seed=0)
     assert str(root) in str(refusal.value)
-    assert corpus.main(["--size", "tiny", "--seed", "0", "--out", str(root)]) == 1
+    assert corpus_command.main(["--size", "tiny", "--seed", "0", "--out", str(root)]) == 1
     assert f"rm -r {root}" in capsys.readouterr().err
     assert tree_hashes(root) == before  # nothing deleted, nothing added
     # An interrupted run of the older recipe is not resumed either.
@@ -368,27 +369,25 @@ def test_interrupted_run_resumes_to_the_same_bytes(
     assert tree_hashes(root) == tree_hashes(tiny_corpus.root)
 
 
-def test_a_corpus_made_before_train_noisy_is_completed_in_place(
+def test_a_corpus_of_another_size_spec_is_never_completed_in_place(
     tiny_corpus: CorpusManifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No migration: a corpus made with another plan (here: before its size had train-noisy)
+    is refused, and replaced only when asked to."""
     root = tmp_path / "corpus"
     with monkeypatch.context() as patch:
         patch.setitem(SIZES, "tiny", dataclasses.replace(SIZES["tiny"], noisy_train_every=0))
         older = generate_corpus(root, size="tiny", seed=0)
     assert "train-noisy" not in older.splits and not (root / "train-noisy").exists()
-    # The clean splits were already the current plan's, byte for byte.
-    current = tree_hashes(tiny_corpus.root)
-    assert all(current[p] == h for p, h in tree_hashes(root).items() if p != MANIFEST)
-    stray = root / "train-noisy" / "91000" / "910000" / "stray.flac"  # not this plan's
-    stray.parent.mkdir(parents=True)
-    stray.write_bytes(b"x")
-    generate_corpus(root, size="tiny", seed=0)
-    assert tree_hashes(root) == current
+    with pytest.raises(FileExistsError, match=r"another corpus \(its size_spec differ"):
+        generate_corpus(root, size="tiny", seed=0)
+    generate_corpus(root, size="tiny", seed=0, overwrite=True)
+    assert tree_hashes(root) == tree_hashes(tiny_corpus.root)
 
 
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        corpus.main(["--help"])
+        corpus_command.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--size" in out and "--seed" in out and "--out" in out
@@ -423,3 +422,19 @@ def test_size_spec_leaves_out_the_fields_a_size_does_not_use(
     assert corpus.size_spec("small")["train_minutes_after_test"] == 720.0
     assert corpus.size_spec("tiny")["noisy_train_every"] == 2
     assert corpus.size_spec("mini")["heldout_chapter_sentences"] == (4, 8)
+
+
+def test_a_corpus_of_another_format_is_refused_on_load(tiny_corpus, tmp_path):
+    """An older recipe's corpus (other dev/test splits) is never read as this one's."""
+    from lowbit_asr.data.datamodule import AsrDataModule
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_corpus.root, old)
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["format"] = "lowbit-asr embedded corpus v1"
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    data = AsrDataModule({"root": str(old), "cache_dir": str(tmp_path / "cache")})
+    with pytest.raises(ValueError, match=r"old holds a corpus of another recipe.*regenerate"):
+        data.manifest("train")
+    corpus.check_format(tiny_corpus.root)  # this recipe's: fine
+    corpus.check_format(tmp_path)  # no manifest (e.g. real LibriSpeech): fine

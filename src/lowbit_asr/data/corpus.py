@@ -28,14 +28,11 @@ CLI: ``lowbit-asr corpus --size mini --seed 0`` (into ``data/embedded-mini``, wh
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -523,8 +520,7 @@ def generate_corpus(
     """Generate (or find already generated) the corpus ``size`` for ``seed`` under ``out_dir``.
 
     If ``out_dir/manifest.json`` records the same seed, size and engine versions, nothing is done.
-    An interrupted run with the same settings is resumed chapter by chapter, and the same corpus
-    made before its size gained ``train-noisy`` is completed in place. A different corpus in
+    An interrupted run with the same settings is resumed chapter by chapter. A different corpus in
     ``out_dir`` is an error unless ``overwrite``, which deletes its splits first. So is a corpus
     (or an interrupted run) of another ``FORMAT``: nothing of an older recipe is ever completed,
     resumed or kept, so old and new splits never mix in one folder.
@@ -543,7 +539,6 @@ def generate_corpus(
     # JSON round trip so tuples compare equal to the lists read back from disk.
     wanted = json.loads(json.dumps(wanted))
     stamp = out_dir / IN_PROGRESS
-    completing = False
     if (out_dir / MANIFEST).exists():
         existing = CorpusManifest.load(out_dir)
         if existing.identity() == wanted:
@@ -555,12 +550,6 @@ def generate_corpus(
         found = f"another corpus (its {', '.join(differs)} differ)"
         if existing.format != FORMAT:
             found = _other_format(existing.format)
-        completing = _lacks_only_train_noisy(existing.identity(), wanted)
-        if completing:
-            # Made before this size had train-noisy: the clean files are this plan's already;
-            # completing it in place writes the noisy copies (and rewrites their sources).
-            found = ""
-            log.info("%s holds the %s corpus without train-noisy: adding it", out_dir, size)
     elif stamp.exists():
         interrupted = json.loads(stamp.read_text())
         found = "" if interrupted == wanted else "an interrupted run of another corpus"
@@ -580,10 +569,6 @@ def generate_corpus(
         for split in ALL_SPLITS:
             shutil.rmtree(out_dir / split, ignore_errors=True)
         (out_dir / MANIFEST).unlink(missing_ok=True)
-    elif completing:
-        # Whatever lies in train-noisy was not made by this plan (or by an interrupted completion,
-        # which is redone): start it afresh.
-        shutil.rmtree(out_dir / NOISY_SPLIT, ignore_errors=True)
     elif stamp.exists():
         log.info("resuming the interrupted run in %s", out_dir)
 
@@ -624,15 +609,6 @@ def _other_format(format_: object) -> str:
     )
 
 
-def _lacks_only_train_noisy(existing: dict[str, object], wanted: dict[str, object]) -> bool:
-    """Whether ``existing`` is ``wanted``'s corpus made before its size gained train-noisy."""
-    spec = wanted["size_spec"]
-    if not isinstance(spec, dict) or not spec.get("noisy_train_every"):
-        return False
-    older = {**wanted, "size_spec": {k: v for k, v in spec.items() if k != "noisy_train_every"}}
-    return existing == older
-
-
 def _logged(results: Iterator[dict[str, list[int]]], total: int) -> Iterator[dict[str, list[int]]]:
     step = max(1, total // 10)
     for i, result in enumerate(results, 1):
@@ -641,8 +617,21 @@ def _logged(results: Iterator[dict[str, list[int]]], total: int) -> Iterator[dic
         yield result
 
 
-# --------------------------------------------------------------------------------------------
-# CLI.
+def check_format(root: str | Path) -> None:
+    """A generated corpus (a ``manifest.json`` at ``root``) must be of this ``FORMAT``: an older
+    recipe's splits are not this one's (corpus v2 enlarged dev and test), so reading them would
+    report numbers of another test set. Real LibriSpeech (no manifest) passes."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable corpus manifest ({err})") from err
+    if found != FORMAT:
+        raise ValueError(
+            f"{root} holds {_other_format(found)}: regenerate it (rm -r {root} && make data, or"
+            f" lowbit-asr corpus --out {root} --overwrite)")
 
 
 def default_root(size: str) -> Path:
@@ -650,55 +639,3 @@ def default_root(size: str) -> Path:
     ``conf/dataset/embedded_<size>.yaml`` (a test holds the two together), relative to the
     working directory."""
     return Path("data") / f"embedded-{size}"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m lowbit_asr.data.corpus`` (and ``lowbit-asr corpus``)."""
-    parser = argparse.ArgumentParser(
-        prog="lowbit-asr corpus",
-        description="Generate the embedded TTS speech corpus in LibriSpeech's layout.",
-    )
-    parser.add_argument(
-        "--size",
-        choices=sorted(SIZES),
-        default="mini",
-        help="corpus size (default: mini, ~3 h of train audio)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"corpus root (default: {default_root('<size>')}, where conf/dataset/embedded_<size>"
-        " looks)",
-    )
-    parser.add_argument("--workers", type=int, default=2, help="parallel chapters (default: 2)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a different corpus already in --out"
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; prints a per-split summary and the wall time."""
-    args = build_parser().parse_args(argv)
-    args.out = args.out or default_root(args.size)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    start = time.perf_counter()
-    try:
-        manifest = generate_corpus(
-            args.out, size=args.size, seed=args.seed, workers=args.workers, overwrite=args.overwrite
-        )
-    except (FileExistsError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"{'split':<11} {'utts':>6} {'speakers':>8} {'hours':>7}")
-    for name in (n for n in ALL_SPLITS if n in manifest.splits):
-        s = manifest.splits[name]
-        print(f"{name:<11} {s.utterances:>6} {s.speakers:>8} {s.hours:>7.3f}")
-    print(f"{manifest.megabytes:.1f} MB in {args.out}; {time.perf_counter() - start:.1f} s wall")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

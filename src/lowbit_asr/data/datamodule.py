@@ -50,6 +50,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from lowbit_asr.data.audio import BadUtteranceError
+from lowbit_asr.data.corpus import check_format
 from lowbit_asr.data.features import (
     FeatureSource,
     FeatureStats,
@@ -347,6 +348,7 @@ class AsrDataModule(L.LightningDataModule):
     def manifest(self, split: str) -> SplitManifest:
         """The manifest of ``split`` under ``root`` (read once, cached on disk by read_split)."""
         if split not in self._manifests:
+            check_format(self.cfg.root)  # a generated corpus of an older recipe is refused
             cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else None
             self._manifests[split] = read_split(
                 self.cfg.root, split, self.cfg.on_bad_utterance, cache_dir
@@ -500,6 +502,7 @@ class AsrDataModule(L.LightningDataModule):
     def eval_dataloader(self, root: str | Path, split: str) -> DataLoader[Batch]:
         """Batches of any folder ``root/split`` in LibriSpeech's layout, with this module's
         tokenizer and front end (never length-filtered; features computed on the fly)."""
+        check_format(root)
         cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else None
         manifest = read_split(root, split, self.cfg.on_bad_utterance, cache_dir)
         utterances = self._usable(f"{root}/{split}", manifest, train=False)
