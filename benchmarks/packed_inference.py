@@ -109,7 +109,8 @@ def _child(path: Path, kind: str, feats_path: Path) -> dict[str, float]:
 
 
 def _corpus_feats(args: argparse.Namespace, tokenizer, frontend, cache: Path) -> list[torch.Tensor]:
-    from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
+    from lowbit_asr.data.config import DatasetConfig
+    from lowbit_asr.data.datamodule import AsrDataModule
 
     dataset = DatasetConfig(root=args.corpus, num_workers=0, cache_dir=str(cache))
     data = AsrDataModule(dataset, tokenizer=tokenizer, frontend=frontend)

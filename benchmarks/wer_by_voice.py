@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
+from lowbit_asr.data.config import DatasetConfig
 from lowbit_asr.data.corpus import MANIFEST, CorpusManifest
-from lowbit_asr.data.datamodule import AsrDataModule, AsrDataset, DatasetConfig
+from lowbit_asr.data.datamodule import AsrDataModule, AsrDataset
 from lowbit_asr.data.perturb import Perturb, PerturbConfig
 from lowbit_asr.train.checkpoint import read_checkpoint, restore
 from lowbit_asr.train.module import word_errors

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lowbit_asr.data.datamodule import DatasetConfig
+from lowbit_asr.data.config import DatasetConfig
 from lowbit_asr.model.rnnt import build_model, count_parameters
 from lowbit_asr.train.config import validate
 

@@ -8,7 +8,8 @@ import os
 import numpy as np
 from scipy.fft import dct, idct
 
-from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
+from lowbit_asr.data.config import DatasetConfig
+from lowbit_asr.data.datamodule import AsrDataModule
 
 K = 40
 dm = AsrDataModule(DatasetConfig(root="data/embedded-mini", precompute_features=True))

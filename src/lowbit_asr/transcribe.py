@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from lowbit_asr.data.audio import N_MELS, BadUtteranceError, load_audio, to_model_audio
-from lowbit_asr.data.datamodule import DatasetConfig
+from lowbit_asr.data.config import DatasetConfig
 from lowbit_asr.data.sampler import BucketingBatchSampler
 from lowbit_asr.data.tokenizer import Tokenizer
 from lowbit_asr.model.frontend import FrontEnd

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from pipeline_corpus import write_corpus, write_utterances
 
 from lowbit_asr.data.audio import N_MELS, BadUtteranceError
-from lowbit_asr.data.datamodule import AsrDataModule, Batch, DatasetConfig
+from lowbit_asr.data.config import DatasetConfig
+from lowbit_asr.data.datamodule import AsrDataModule, Batch
 from lowbit_asr.data.features import num_frames
 from lowbit_asr.data.sampler import BucketingBatchSampler
 from lowbit_asr.data.tokenizer import CharTokenizer, UnknownCharacterError

@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from pipeline_corpus import write_corpus
 
-from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
+from lowbit_asr.data.config import DatasetConfig
+from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.data.features import N_MELS
 from lowbit_asr.data.perturb import Perturb, PerturbConfig, _hz_to_mel, _mel_to_hz
 from lowbit_asr.model.frontend import FrontEnd

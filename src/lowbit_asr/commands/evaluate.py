@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lowbit_asr.cli import CONF_DIR
-from lowbit_asr.data.datamodule import AsrDataModule, DatasetConfig
+from lowbit_asr.data.config import DatasetConfig
+from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.packed import load_for_evaluation
 from lowbit_asr.train.results import git_commit
 from lowbit_asr.train.scoring import evaluate_to, print_summary

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lowbit_asr.data.datamodule import DatasetConfig
+from lowbit_asr.data.config import DatasetConfig
 from lowbit_asr.model.config import ModelConfig
 from lowbit_asr.model.rnnt import build_model
 from lowbit_asr.quant import QuantPolicy
