@@ -73,7 +73,18 @@ class LoadedPacked(NamedTuple):
 
 
 def export_packed(checkpoint_path: str | Path, out_path: str | Path) -> ExportReport:
-    """Pack a training checkpoint (float or QAT) into ``out_path``; never unpickles code."""
+    """Pack a training checkpoint (float or QAT) into ``out_path``; never unpickles code.
+
+    ``out_path`` must not be the checkpoint itself, nor a folder, and its folder must exist: the
+    file is written to a temporary file beside it and renamed, so a failure leaves no half file.
+    """
+    out = Path(out_path)
+    if out.resolve() == Path(checkpoint_path).resolve():
+        raise ValueError(f"out={out_path} is the checkpoint itself: refusing to overwrite it")
+    if out.is_dir():
+        raise ValueError(f"out={out_path} is a folder: a packed model is a file (e.g. model.lbq)")
+    if not out.parent.is_dir():
+        raise ValueError(f"out={out_path}: the folder {out.parent} does not exist")
     ckpt = read_checkpoint(checkpoint_path)
     module, _ = restore(ckpt)
     extra = {

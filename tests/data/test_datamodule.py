@@ -493,3 +493,12 @@ def test_cepstral_lifter_reaches_the_batches(corpus: Path, tmp_path: Path) -> No
     assert a["ids"] == b["ids"]
     projection = lifter_matrix(N_MELS, 12)
     torch.testing.assert_close(b["feats"], a["feats"] @ projection, atol=1e-5, rtol=1e-5)
+
+
+def test_no_training_utterances_is_an_error_not_zero_steps(corpus: Path, tmp_path: Path) -> None:
+    dm = make_dm(make_cfg(corpus, tmp_path, on_bad_utterance="skip",
+                          max_utterance_seconds=0.01, max_batch_seconds=8.0))
+    dm.prepare_data()
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"no training utterances: all 24 .* were left out"):
+        dm.train_dataloader()

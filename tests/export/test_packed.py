@@ -474,3 +474,14 @@ def test_old_packed_file_is_converted(packed_qat, tmp_path):
     write_packed(old, model, QuantPolicy(), extra=metadata.extra)
     with pytest.raises(ValueError, match=r"old.lbq: .*no feature statistics"):
         load_packed(old)
+
+
+def test_export_never_overwrites_its_input_and_names_bad_destinations(qat_checkpoint, tmp_path):
+    before = qat_checkpoint.read_bytes()
+    with pytest.raises(ValueError, match="is the checkpoint itself"):
+        export_packed(qat_checkpoint, qat_checkpoint)
+    assert qat_checkpoint.read_bytes() == before
+    with pytest.raises(ValueError, match="is a folder"):
+        export_packed(qat_checkpoint, tmp_path)
+    with pytest.raises(ValueError, match=r"the folder .*missing does not exist"):
+        export_packed(qat_checkpoint, tmp_path / "missing" / "model.lbq")

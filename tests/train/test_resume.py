@@ -97,3 +97,43 @@ def test_last_checkpoint_is_the_last_validation_even_without_improvement(tiny_co
     assert steps == {"best": 2, "last": 4}
     assert json.loads((run_dir / "results.json").read_text())["best_checkpoint"].endswith(
         "best.ckpt")
+
+
+def test_resume_only_into_the_same_experiment(tiny_corpus, tmp_path):
+    """A rerun in a folder holding a checkpoint with other settings is refused, naming each
+    differing key, before anything is read or written; safe keys (more steps, logging) pass."""
+    run_dir = tmp_path / "run"
+    base = [*_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL, "logger=csv",
+            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([LOWBIT_ASR, "train", *base, *extra], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600, env=env)
+
+    first = train()
+    assert first.returncode == 0, first.stderr[-4000:]
+    row = (run_dir / "results.json").read_text()
+    refused = train("optim.lr=1e-4", "seed=3", "quantizer=int4_asym")
+    assert refused.returncode != 0
+    message = refused.stderr
+    assert "holds a run of another experiment" in message
+    for key in ("optim.lr: 0.002 -> 0.0001", "seed: 0 -> 3",
+                "quantizer.name: 'none' -> 'int4_asym'"):
+        assert key in message, message[-3000:]
+    assert (run_dir / "results.json").read_text() == row  # nothing rewritten
+    fewer = train("trainer.max_steps=1")
+    assert fewer.returncode != 0 and "trainer.max_steps: 2 -> 1" in fewer.stderr
+
+
+def test_resume_differences_ignore_the_safe_keys():
+    from lowbit_asr.train.config import resume_differences
+
+    saved = {"optim": {"lr": 1e-3}, "trainer": {"max_steps": 100, "threads": 2},
+             "logger": {"wandb": {"mode": "offline"}}, "model": {"decoding": {"beam_size": 4}}}
+    later = {"optim": {"lr": 1e-3}, "trainer": {"max_steps": 200, "threads": 1},
+             "logger": {"wandb": {"mode": "disabled"}}, "model": {"decoding": {"beam_size": 8}}}
+    assert resume_differences(saved, later) == []
+    assert resume_differences(saved, {**later, "optim": {"lr": 2e-3}}) == [
+        "optim.lr: 0.001 -> 0.002"]

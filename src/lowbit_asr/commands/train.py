@@ -26,7 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.train.checkpoint import checkpoint_tokenizer, init_from_float, read_checkpoint
-from lowbit_asr.train.config import TrainConfig, validate
+from lowbit_asr.train.config import (
+    RUN_CONFIG_FILE,
+    TrainConfig,
+    resume_differences,
+    validate,
+)
 from lowbit_asr.train.module import RNNTModule
 from lowbit_asr.train.results import RESULT_FILE, failed_row, git_commit, result_row
 from lowbit_asr.train.scoring import EVALUATION_FILE, RUN_EVAL_DIR, evaluate_to
@@ -76,9 +81,33 @@ def test_stage(module: RNNTModule, data: AsrDataModule, best: str | None, run_di
     return evaluate_to(run_dir / RUN_EVAL_DIR, module, loaders, info)
 
 
+class RunFolderConflict(ValueError):
+    """The run folder belongs to another experiment: refused, and its files left as they are."""
+
+
+def check_resume(run_dir: Path, plain: dict[str, Any]) -> None:
+    """A run folder holding a checkpoint is resumed only by the experiment that wrote it; a new
+    folder records this run's config (``run_config.json``) for that check."""
+    saved_path = run_dir / RUN_CONFIG_FILE
+    resuming = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if resuming and saved_path.is_file():
+        differing = resume_differences(json.loads(saved_path.read_text()), plain)
+        if differing:
+            raise RunFolderConflict(
+                f"{run_dir} holds a run of another experiment; resuming it with this config would"
+                " continue its optimiser under new settings. Differing keys: "
+                + "; ".join(differing)
+                + ". Use another hydra.run.dir, or remove the folder to start again.")
+    if not resuming or not saved_path.is_file():
+        tmp = saved_path.with_name(f".{saved_path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(plain, indent=1, sort_keys=True))
+        os.replace(tmp, saved_path)
+
+
 def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train, then evaluate every test split; returns the result row."""
     cfg = validate(plain)  # fails here, before any data is read, on a wrong key or value
+    check_resume(run_dir, plain)
     commit = git_commit()  # now: the checkout may change while a long run trains
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -178,6 +207,8 @@ def main(dict_cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         row = run(plain, run_dir)
+    except RunFolderConflict:
+        raise  # the folder is another run's: its result row must stay as it is
     except Exception as err:
         row = failed_row(run_id=run_dir.name, experiment=str(plain.get("experiment_name")),
                          quantizer=str((plain.get("quantizer") or {}).get("name", "none")),

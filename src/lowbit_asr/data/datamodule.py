@@ -365,6 +365,14 @@ class AsrDataModule(L.LightningDataModule):
         utterances = [
             u for s in self.cfg.train_splits for u in self._usable(s, self.manifest(s), train=True)
         ]
+        if not utterances:
+            # Else Lightning "trains" zero steps and the run would end as if it had worked.
+            total = sum(len(self.manifest(s)) for s in self.cfg.train_splits)
+            raise ValueError(
+                f"no training utterances: all {total} of {self.cfg.train_splits} under"
+                f" {self.cfg.root} were left out (on_bad_utterance={self.cfg.on_bad_utterance},"
+                f" max_utterance_seconds={self.cfg.max_utterance_seconds}; the warnings above"
+                " say why)")
         dataset = AsrDataset(utterances, self.tokenizer, self._normaliser(), self.features)
         loader = self._loader(dataset, shuffle=True)
         if self._resume_position is not None:  # resuming: skip the batches already trained

@@ -242,3 +242,40 @@ def validate(cfg: Mapping[str, Any]) -> TrainConfig:
         seed=seed,
         experiment_name=str(cfg.get("experiment_name", "run")),
     )
+
+
+RUN_CONFIG_FILE = "run_config.json"
+"""The composed config a run folder was started with (what a resume is checked against)."""
+RESUME_SAFE_KEYS = (
+    "output_dir", "trainer.max_time", "trainer.threads", "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps", "logger.", "dataset.num_workers", "dataset.cache_dir",
+    "dataset.precompute_features", "model.decoding.",
+)
+"""Keys a resumed run may change (prefixes end in "."): where and how fast it runs, what it
+logs, how it decodes the test. ``trainer.max_steps`` may grow (train on), never shrink."""
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """What differs between the config a run folder was started with and this one, other than
+    :data:`RESUME_SAFE_KEYS`: ``key: saved -> now`` lines (empty: the same experiment)."""
+    old, new = _flat(saved), _flat(now)
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_SAFE_KEYS):
+            continue
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if key == "trainer.max_steps" and isinstance(a, int) and isinstance(b, int) and b >= a:
+            continue
+        if a != b:
+            lines.append(f"{key}: {a!r} -> {b!r}")
+    return lines
