@@ -378,21 +378,30 @@ def test_front_end_with_statistics_keeps_them(dm: AsrDataModule, corpus: Path,
 
 
 def test_ddp_needs_use_distributed_sampler_off(dm: AsrDataModule) -> None:
-    connector = SimpleNamespace(use_distributed_sampler=True)
+    batch = next(iter(dm.val_dataloader()))
     try:
-        dm.trainer = SimpleNamespace(world_size=2, _accelerator_connector=connector)  # type: ignore[assignment]
+        # A Trainer that wrapped the sampler (use_distributed_sampler=True): the first training
+        # batch says so.
+        wrapped = SimpleNamespace(sampler=torch.utils.data.SequentialSampler(range(3)))
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=0, training=True,  # type: ignore[assignment]
+                                     current_epoch=0, train_dataloader=wrapped)
+        dm._position = None
         with pytest.raises(ValueError, match="use_distributed_sampler=False"):
-            dm.setup("fit")
-        connector.use_distributed_sampler = False
-        dm.trainer = SimpleNamespace(  # type: ignore[assignment]
-            world_size=2, global_rank=1, _accelerator_connector=connector
-        )
+            dm.on_after_batch_transfer(dict(batch), 0)  # type: ignore[arg-type]
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=1)  # type: ignore[assignment]
         dm.setup("fit")
-        shard = [i for batch in dm.train_dataloader() for i in batch["ids"]]
+        loader = dm.train_dataloader()
+        shard = [i for b in loader for i in b["ids"]]
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=1, training=True,  # type: ignore[assignment]
+                                     current_epoch=0, train_dataloader=loader)
+        dm._position = None
+        dm.on_after_batch_transfer(dict(batch), 0)  # type: ignore[arg-type]  # its own: fine
+        assert dm.state_dict()["train_position"] == {"epoch": 0, "batches": 1}
         dm.trainer = SimpleNamespace(world_size=2, global_rank=0)  # type: ignore[assignment]
-        other = [i for batch in dm.train_dataloader() for i in batch["ids"]]
+        other = [i for b in dm.train_dataloader() for i in b["ids"]]
     finally:
         dm.trainer = None
+        dm._position = None
     assert not set(shard) & set(other) and len(shard) + len(other) == 24
 
 

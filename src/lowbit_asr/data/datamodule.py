@@ -25,7 +25,7 @@ audio, a transcript character the tokenizer cannot encode, a train utterance lon
 split is length-filtered: dev and test keep every utterance, so WER covers the whole split.
 
 DDP: the batch sampler shards batches itself (:mod:`lowbit_asr.data.sampler`), so the Trainer
-must run with ``use_distributed_sampler=False`` (setup raises otherwise).
+must run with ``use_distributed_sampler=False`` (the first training batch raises otherwise).
 
 Checkpoints: the statistics are the model's (its front end's buffers);
 :meth:`AsrDataModule.state_dict` holds the tokenizer and the position in the training data.
@@ -183,6 +183,9 @@ class AsrDataModule(L.LightningDataModule):
         self._manifests: dict[str, SplitManifest] = {}
         self._features: FeatureSource | None = None
         self._resume_position: dict[str, int] | None = None  # from a checkpoint: where to go on
+        # [epoch, training batches of it delivered so far]: what a checkpoint stores, counted
+        # here (public hooks only) rather than read from the Trainer's loop internals.
+        self._position: list[int] | None = None
         self.perturb = Perturb(self.cfg.perturb, seed=self.cfg.seed)
         self.specaugment = SpecAugment(self.cfg.specaugment, seed=self.cfg.seed)
 
@@ -259,18 +262,10 @@ class AsrDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read back what prepare_data built (building what is missing) for ``stage``."""
         trainer = self.trainer
-        if (
-            trainer is not None
-            and trainer.world_size > 1
-            and getattr(trainer._accelerator_connector, "use_distributed_sampler", False)
-        ):
-            raise ValueError(
-                "AsrDataModule shards batches across ranks itself: build the Trainer with "
-                "use_distributed_sampler=False"
-            )
         if self._frontend is None and trainer is not None:
             # Run by a Trainer without one given: the model being fitted or tested brings it.
-            frontend = getattr(getattr(trainer.lightning_module, "model", None), "frontend", None)
+            module = getattr(trainer, "lightning_module", None)
+            frontend = getattr(getattr(module, "model", None), "frontend", None)
             if frontend is not None:
                 self.use_frontend(frontend)
         self._build(self._splits(stage), precompute=False)
@@ -327,12 +322,8 @@ class AsrDataModule(L.LightningDataModule):
         state: dict[str, Any] = {}
         if self._tokenizer is not None:
             state["tokenizer"] = self._tokenizer.state_dict()
-        trainer = self.trainer
-        if trainer is not None and getattr(trainer, "fit_loop", None) is not None:
-            state["train_position"] = {
-                "epoch": int(trainer.current_epoch),
-                "batches": int(trainer.fit_loop.epoch_loop.batch_progress.current.completed),
-            }
+        if self._position is not None:
+            state["train_position"] = {"epoch": self._position[0], "batches": self._position[1]}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -346,8 +337,15 @@ class AsrDataModule(L.LightningDataModule):
         self._resume_position = state_dict.get("train_position")
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """Perturbation, then SpecAugment, in training only, on the batch's device."""
+        """Perturbation, then SpecAugment, in training only, on the batch's device; counts the
+        training batches of the epoch (the position a checkpoint stores)."""
         trainer = self.trainer
+        if trainer is not None and trainer.training:
+            epoch = int(trainer.current_epoch)
+            if self._position is None or self._position[0] != epoch:
+                self._check_sampler(trainer)
+                self._position = [epoch, 0]
+            self._position[1] += 1
         if trainer is not None and trainer.training and self.cfg.perturb.active:
             batch["feats"], batch["feat_lens"] = self.perturb(
                 batch["feats"], batch["feat_lens"], batch["ids"], epoch=trainer.current_epoch
@@ -377,8 +375,24 @@ class AsrDataModule(L.LightningDataModule):
         loader = self._loader(dataset, shuffle=True)
         if self._resume_position is not None:  # resuming: skip the batches already trained
             loader.sampler.resume_at(**self._resume_position)  # type: ignore[attr-defined]
+            position = self._resume_position
+            self._position = [int(position["epoch"]), int(position["batches"])]
             self._resume_position = None
         return loader
+
+    @staticmethod
+    def _check_sampler(trainer: Any) -> None:
+        """Under DDP the batches must come from this module's sampler, which shards them itself:
+        a Trainer with ``use_distributed_sampler=True`` wraps it and every rank would see a
+        fraction of its own shard."""
+        if getattr(trainer, "world_size", 1) <= 1:
+            return
+        loader = getattr(trainer, "train_dataloader", None)
+        sampler = getattr(loader, "sampler", None)
+        if loader is not None and not isinstance(sampler, BucketingBatchSampler):
+            raise ValueError(
+                "AsrDataModule shards batches across ranks itself: build the Trainer with "
+                f"use_distributed_sampler=False (its train sampler is {type(sampler).__name__})")
 
     def val_dataloader(self) -> DataLoader[Batch]:
         """The dev split in duration order."""
