@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,28 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, plain: dict[str, Any]) -> lis
             tags=list(cfg.logger.wandb.tags), config=plain,
         ))
     return loggers
+
+
+def keep_csv_history(loggers: list[Any], checkpoint: Path) -> None:
+    """A resumed run keeps the metrics rows logged before its checkpoint: Lightning's CSV logger
+    would start ``metrics.csv`` afresh. Rows after the checkpoint's step are dropped (the resumed
+    run logs them again)."""
+    csv_loggers = [lg for lg in loggers if isinstance(lg, L.pytorch.loggers.CSVLogger)]
+    if not csv_loggers:
+        return
+    path = Path(csv_loggers[0].log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    step = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+               ["global_step"])
+    with path.open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("step") and int(r["step"]) < step]
+    path.unlink()
+    for row in rows:  # logged again through the logger, so the file is its own
+        values = {k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)}
+        csv_loggers[0].log_metrics(values, step=int(row["step"]))
+    csv_loggers[0].save()
+    log.info("kept %d metrics rows logged before step %d in %s", len(rows), step, path)
 
 
 def command_line() -> str:
@@ -146,20 +168,21 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
         enable_version_counter=False,
     )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if last.is_file() else None
     loggers = build_loggers(cfg, run_dir, plain)
+    if resume:
+        keep_csv_history(loggers, last)
     trainer = L.Trainer(
         **cfg.trainer.lightning_kwargs(), default_root_dir=str(run_dir),
         logger=loggers or False,
         callbacks=[checkpoints, last_checkpoint, LearningRateMonitor(logging_interval="step")],
     )
     # Same command, same run directory => resume where a killed run stopped.
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if last.is_file() else None
     if resume:
         log.info("resuming from %s", resume)
-    start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-    train_seconds = time.perf_counter() - start
+    train_seconds = module.train_seconds  # every attempt's
 
     # A step budget is the recipe; trainer.max_time is only a guard. When the guard (or anything
     # else) ends training before max_steps, the row says so instead of shipping another model.
@@ -178,6 +201,7 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         policy=module.policy, wer=wer, train_seconds=train_seconds, steps=trainer.global_step,
         command=command_line(), commit=commit,
         extra={**({"status": "truncated", "error": truncated} if truncated else {}),
+               "attempts": module.attempt,
                "best_checkpoint": best,
                "wer_ci": {s: splits[s]["wer_ci"] for s in wer},
                "evaluation": f"{RUN_EVAL_DIR}/{EVALUATION_FILE}",

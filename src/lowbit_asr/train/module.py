@@ -53,6 +53,9 @@ class RNNTModule(L.LightningModule):
         self.test_split_names = list(test_split_names or [])
         self._counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._train_start: float | None = None
+        self._seconds_before = 0.0  # training seconds of earlier attempts (from a checkpoint)
+        self.attempt = 1
+        """Which attempt at this run this process is (a resumed run is the 2nd, ...)."""
         self._last_batch: tuple[list[str], Tensor | None] = ([], None)  # last step's ids, loss
         self._skipped_steps = 0
         self._restored_rng: dict[str, Any] | None = None  # from a checkpoint, for the next batch
@@ -71,6 +74,13 @@ class RNNTModule(L.LightningModule):
         )
 
     # ---- training -------------------------------------------------------------------------
+    @property
+    def train_seconds(self) -> float:
+        """Seconds of training over every attempt at this run: the earlier ones up to their last
+        checkpoint (the work a kill lost is counted where it was redone), and this one."""
+        now = time.perf_counter() - self._train_start if self._train_start is not None else 0.0
+        return self._seconds_before + now
+
     def on_train_start(self) -> None:
         """Start the wall clock behind ``time/train_minutes`` (for minutes -> WER curves)."""
         self._train_start = time.perf_counter()
@@ -130,6 +140,8 @@ class RNNTModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the random state (dropout masks) so that a resumed run continues identically."""
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        checkpoint["train_seconds"] = self.train_seconds
+        checkpoint["attempt"] = self.attempt
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
@@ -138,6 +150,8 @@ class RNNTModule(L.LightningModule):
         creating the epoch's DataLoader iterator draws from the global generator, which the
         uninterrupted run did long before (checkpoints without a random state load as well)."""
         self._restored_rng = checkpoint.get("rng_state") or None
+        self._seconds_before = float(checkpoint.get("train_seconds", 0.0))
+        self.attempt = int(checkpoint.get("attempt", 1)) + 1
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + per-step warm-up/decay schedule."""
@@ -220,5 +234,4 @@ class RNNTModule(L.LightningModule):
         """Log ``val/wer`` (corpus-level, summed over ranks)."""
         self.log("val/wer", self._wer("val"), prog_bar=True, sync_dist=False)
         if self._train_start is not None:
-            minutes = (time.perf_counter() - self._train_start) / 60
-            self.log("time/train_minutes", minutes, sync_dist=False)
+            self.log("time/train_minutes", self.train_seconds / 60, sync_dist=False)
