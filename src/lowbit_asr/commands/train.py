@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.data.datamodule import AsrDataModule
+from lowbit_asr.files import FolderLock, write_text_atomic
 from lowbit_asr.train.checkpoint import checkpoint_tokenizer, init_from_float, read_checkpoint
 from lowbit_asr.train.config import (
     RUN_CONFIG_FILE,
@@ -121,9 +122,7 @@ def check_resume(run_dir: Path, plain: dict[str, Any]) -> None:
                 + "; ".join(differing)
                 + ". Use another hydra.run.dir, or remove the folder to start again.")
     if not resuming or not saved_path.is_file():
-        tmp = saved_path.with_name(f".{saved_path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(plain, indent=1, sort_keys=True))
-        os.replace(tmp, saved_path)
+        write_text_atomic(saved_path, json.dumps(plain, indent=1, sort_keys=True))
 
 
 def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -229,6 +228,24 @@ def main(dict_cfg: DictConfig) -> dict[str, Any]:
     assert isinstance(plain, dict)
     run_dir = Path(plain.get("output_dir") or Path.cwd())
     run_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per run folder: the first process of a run holds the lock (the other DDP ranks
+    # are its own children, or started by the scheduler beside it).
+    lock = FolderLock(run_dir, f"lowbit-asr train ({command_line()})")
+    if _first_process():
+        lock.acquire()
+    try:
+        return _run_and_record(plain, run_dir)
+    finally:
+        lock.release()
+
+
+def _first_process() -> bool:
+    """Whether this is the first process of the run (rank 0 of node 0, or not distributed)."""
+    return all(int(os.environ.get(name, "0")) == 0
+               for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def _run_and_record(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     try:
         row = run(plain, run_dir)
     except RunFolderConflict:
@@ -237,13 +254,13 @@ def main(dict_cfg: DictConfig) -> dict[str, Any]:
         row = failed_row(run_id=run_dir.name, experiment=str(plain.get("experiment_name")),
                          quantizer=str((plain.get("quantizer") or {}).get("name", "none")),
                          error=f"{type(err).__name__}: {err}", command=command_line())
-        (run_dir / RESULT_FILE).write_text(json.dumps(row, indent=1))
+        write_text_atomic(run_dir / RESULT_FILE, json.dumps(row, indent=1))
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise
         log.exception("grid point failed; recorded in %s", run_dir / RESULT_FILE)
         return row
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
-        (run_dir / RESULT_FILE).write_text(json.dumps(row, indent=1))
+    if _first_process():
+        write_text_atomic(run_dir / RESULT_FILE, json.dumps(row, indent=1))
     log.info("result: %s", json.dumps(row, indent=1))
     if row.get("status", "ok") != "ok":
         log.error("run %s: %s", row["status"], row.get("error"))

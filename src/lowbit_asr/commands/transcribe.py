@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lowbit_asr.cli import CONF_DIR
+from lowbit_asr.files import write_text_atomic
 from lowbit_asr.transcribe import Recognizer, expand_inputs
 
 # Its own folder: conf/ has a `model` group, and here `model=` is a file.
@@ -43,12 +43,7 @@ def _write(lines: list[str], out: str | None) -> None:
     path = Path(out)
     if not path.parent.is_dir():
         raise ValueError(f"out={out}: the folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 @hydra.main(version_base="1.3", config_path=TRANSCRIBE_CONF, config_name="transcribe")

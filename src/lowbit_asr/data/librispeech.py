@@ -22,6 +22,7 @@ from pathlib import Path
 import soundfile as sf
 
 from lowbit_asr.data.audio import SAMPLE_RATE, BadUtteranceError
+from lowbit_asr.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -299,8 +300,4 @@ def _write_cache(
 
 
 def _atomic_write(path: Path, rows: list[dict[str, object]]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

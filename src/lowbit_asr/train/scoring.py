@@ -18,13 +18,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import jiwer
+
+from lowbit_asr.files import write_text_atomic
 
 EVALUATION_FILE = "evaluation.json"
 """The summary file of an evaluation folder."""
@@ -107,30 +108,20 @@ def trn_line(utterance_id: str, speaker: str, words: str) -> str:
     return f"{words} ({tag})".lstrip()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_split(directory: Path, scores: Sequence[UtteranceScore]) -> dict[str, str]:
     """``ref.trn``, ``hyp.trn`` and ``utterances.tsv`` of one split (ordered by id); returns
     their names relative to ``directory``'s parent."""
     directory.mkdir(parents=True, exist_ok=True)
     ordered = sorted(scores, key=lambda s: s.id)
-    _atomic_write(directory / REF_TRN, "".join(
+    write_text_atomic(directory / REF_TRN, "".join(
         trn_line(s.id, s.speaker, s.reference) + "\n" for s in ordered))
-    _atomic_write(directory / HYP_TRN, "".join(
+    write_text_atomic(directory / HYP_TRN, "".join(
         trn_line(s.id, s.speaker, s.hypothesis) + "\n" for s in ordered))
     lines = ["\t".join(UTTERANCE_COLUMNS)]
     for s in ordered:
         values = [getattr(s, c) for c in UTTERANCE_COLUMNS]
         lines.append("\t".join(repr(v) if isinstance(v, float) else str(v) for v in values))
-    _atomic_write(directory / UTTERANCES_FILE, "\n".join(lines) + "\n")
+    write_text_atomic(directory / UTTERANCES_FILE, "\n".join(lines) + "\n")
     rel = directory.name
     return {"utterances": f"{rel}/{UTTERANCES_FILE}", "ref_trn": f"{rel}/{REF_TRN}",
             "hyp_trn": f"{rel}/{HYP_TRN}"}
@@ -178,7 +169,7 @@ def write_evaluation(directory: Path, splits: dict[str, Sequence[UtteranceScore]
             metrics["decode_seconds"] = t.get("decode_seconds", 0.0)
             metrics["rtf"] = t.get("decode_seconds", 0.0) / max(t.get("audio_seconds", 0.0), 1e-9)
         summary["splits"][split] = {**metrics, "files": files}
-    _atomic_write(directory / EVALUATION_FILE, json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(directory / EVALUATION_FILE, json.dumps(summary, indent=1) + "\n")
     return summary
 
 
