@@ -147,3 +147,64 @@ def test_resume_differences_ignore_the_safe_keys():
     assert resume_differences(saved, later) == []
     assert resume_differences(saved, {**later, "optim": {"lr": 2e-3}}) == [
         "optim.lr: 0.001 -> 0.002"]
+
+
+TERMINATOR = """
+import os, signal, sys
+import lightning as L
+from lowbit_asr.cli import main
+
+class TermAt(L.Callback):  # SIGTERM in the middle of a step, as a scheduler sends it
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == int(os.environ["TERM_AT_STEP"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+init = L.Trainer.__init__
+def patched(self, *args, callbacks=None, **kwargs):
+    init(self, *args, callbacks=[*(callbacks or []), TermAt()], **kwargs)
+L.Trainer.__init__ = patched
+main(["train", *sys.argv[1:]])
+"""
+
+
+def test_sigterm_saves_a_checkpoint_writes_interrupted_and_exits_non_zero(tiny_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL, "logger=csv",
+            "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TERM_AT_STEP": "4"}
+    proc = subprocess.run([sys.executable, "-c", TERMINATOR, *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    row = json.loads((run_dir / "results.json").read_text())
+    assert row["status"] == "interrupted" and "SIGTERM at step 5" in row["error"]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)
+    assert ckpt["global_step"] == 5  # the step in flight finished, then saved
+    again = subprocess.run([LOWBIT_ASR, "train", *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    row = json.loads((run_dir / "results.json").read_text())
+    assert row["status"] == "ok" and row["steps"] == 6 and row["attempts"] == 2
+
+
+def test_an_unreadable_last_checkpoint_is_named_and_set_aside(tiny_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL, "logger=csv",
+            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train() -> subprocess.CompletedProcess:
+        return subprocess.run([LOWBIT_ASR, "train", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600, env=env)
+
+    assert train().returncode == 0
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # a full disk's truncated file
+    proc = train()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "last.ckpt.unreadable").is_file()
+    log = (run_dir / "train.log").read_text()
+    assert "last.ckpt cannot be read" in log and "resuming from" in log and "best.ckpt" in log
+    assert not list((run_dir / "checkpoints").glob(".*.tmp*"))  # no temporary files left

@@ -21,12 +21,19 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.files import FolderLock, write_text_atomic
-from lowbit_asr.train.checkpoint import checkpoint_tokenizer, init_from_float, read_checkpoint
+from lowbit_asr.train.checkpoint import (
+    AtomicCheckpointIO,
+    checkpoint_tokenizer,
+    init_from_float,
+    read_checkpoint,
+    resumable_checkpoint,
+)
 from lowbit_asr.train.config import (
     RUN_CONFIG_FILE,
     TrainConfig,
@@ -104,6 +111,24 @@ def test_stage(module: RNNTModule, data: AsrDataModule, best: str | None, run_di
     return evaluate_to(run_dir / RUN_EVAL_DIR, module, loaders, info)
 
 
+class RunInterrupted(RuntimeError):
+    """Training was stopped by SIGTERM after saving a checkpoint."""
+
+
+class SaveOnSigterm(L.Callback):
+    """On SIGTERM, save ``last.ckpt`` after the batch in flight (Lightning then stops)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """Save once the step that was running when the signal came has finished."""
+        if trainer.received_sigterm:
+            trainer.save_checkpoint(self.path)
+            log.warning("SIGTERM: checkpoint of step %d saved to %s", trainer.global_step,
+                        self.path)
+
+
 class RunFolderConflict(ValueError):
     """The run folder belongs to another experiment: refused, and its files left as they are."""
 
@@ -167,20 +192,30 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
         enable_version_counter=False,
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if last.is_file() else None
+    # Same command, same run directory => resume where a killed run stopped (from last.ckpt, or
+    # best.ckpt when last.ckpt is unreadable).
+    found = resumable_checkpoint(run_dir / "checkpoints")
+    resume = str(found) if found else None
     loggers = build_loggers(cfg, run_dir, plain)
-    if resume:
-        keep_csv_history(loggers, last)
+    if found:
+        keep_csv_history(loggers, found)
     trainer = L.Trainer(
         **cfg.trainer.lightning_kwargs(), default_root_dir=str(run_dir),
-        logger=loggers or False,
-        callbacks=[checkpoints, last_checkpoint, LearningRateMonitor(logging_interval="step")],
+        logger=loggers or False, plugins=[AtomicCheckpointIO()],
+        callbacks=[checkpoints, last_checkpoint, LearningRateMonitor(logging_interval="step"),
+                   SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt")],
     )
-    # Same command, same run directory => resume where a killed run stopped.
     if resume:
         log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    except SIGTERMException as stop:
+        # What SLURM and most schedulers send before killing a job: the checkpoint is saved
+        # (SaveOnSigterm), the row says so, and the exit code is not 0, so `train && export`
+        # stops. Rerunning the command resumes.
+        raise RunInterrupted(f"SIGTERM at step {trainer.global_step}: checkpoint saved to"
+                             f" {run_dir / 'checkpoints' / 'last.ckpt'}; rerun the same command"
+                             " to resume") from stop
     train_seconds = module.train_seconds  # every attempt's
 
     # A step budget is the recipe; trainer.max_time is only a guard. When the guard (or anything
@@ -250,6 +285,14 @@ def _run_and_record(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         row = run(plain, run_dir)
     except RunFolderConflict:
         raise  # the folder is another run's: its result row must stay as it is
+    except RunInterrupted as err:
+        row = failed_row(run_id=run_dir.name, experiment=str(plain.get("experiment_name")),
+                         quantizer=str((plain.get("quantizer") or {}).get("name", "none")),
+                         error=str(err), command=command_line(), status="interrupted")
+        if _first_process():
+            write_text_atomic(run_dir / RESULT_FILE, json.dumps(row, indent=1))
+        log.error("run interrupted: %s", err)
+        raise SystemExit(1) from err
     except Exception as err:
         row = failed_row(run_id=run_dir.name, experiment=str(plain.get("experiment_name")),
                          quantizer=str((plain.get("quantizer") or {}).get("name", "none")),

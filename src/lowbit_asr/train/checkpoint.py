@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lowbit_asr.data.features import FeatureStats
 from lowbit_asr.data.tokenizer import Tokenizer
@@ -17,6 +19,50 @@ from lowbit_asr.quant import load_float_state_dict
 from lowbit_asr.train.module import RNNTModule
 
 REQUIRED_KEYS = ("hyper_parameters", "state_dict")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in their own folder, flushed, then renamed.
+
+    Lightning's default goes through an fsspec transaction that writes to the system temporary
+    folder and moves the file across filesystems: a full disk left a truncated ``last.ckpt``
+    that the automatic resume then died on."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        """``torch.save`` into ``.<name>.tmp<pid>`` beside ``path``, fsync, rename."""
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def resumable_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint a rerun in ``folder`` resumes from: ``last.ckpt``, or, when that cannot be
+    read (truncated, empty), ``best.ckpt``; an unreadable file is named and set aside as
+    ``<name>.unreadable`` so that nothing resumes from it again."""
+    for name in ("last.ckpt", "best.ckpt"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        except Exception as err:  # noqa: BLE001 - any failure to read it means: not this one
+            aside = path.with_name(f"{path.name}.unreadable")
+            os.replace(path, aside)
+            log.error("%s cannot be read (%s): set aside as %s", path, err, aside.name)
+            continue
+        return path
+    return None
 log = logging.getLogger(__name__)
 
 

@@ -86,8 +86,9 @@ def result_row(
 
 
 def failed_row(*, run_id: str, experiment: str, quantizer: str, error: str,
-               command: str) -> dict[str, Any]:
-    """The row a run that raised writes, so the frontier lists it instead of losing it."""
-    return {"status": "failed", "run_id": run_id, "experiment": experiment,
+               command: str, status: str = "failed") -> dict[str, Any]:
+    """The row a run that raised (or was interrupted: ``status="interrupted"``) writes, so the
+    frontier lists it instead of losing it."""
+    return {"status": status, "run_id": run_id, "experiment": experiment,
             "quantizer": quantizer, "error": error, "commit": git_commit(),
             "command": command}
