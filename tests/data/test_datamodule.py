@@ -511,3 +511,47 @@ def test_no_training_utterances_is_an_error_not_zero_steps(corpus: Path, tmp_pat
     dm.setup("fit")
     with pytest.raises(ValueError, match=r"no training utterances: all 24 .* were left out"):
         dm.train_dataloader()
+
+
+# ------------------------------------------------------------------ audio that does not decode
+def _break_audio(root: Path) -> tuple[str, str]:
+    """Truncate one dev file (its header still reads) and make one train file's samples NaN
+    (WAV float: soundfile stores them); returns their ids."""
+    dev = sorted((root / "dev").rglob("*.flac"))[0]
+    data = dev.read_bytes()
+    dev.write_bytes(data[: len(data) // 3])
+    train = sorted((root / "train").rglob("*.flac"))[0]
+    samples, rate = sf.read(train, dtype="float32")
+    samples[100:200] = np.nan
+    train.unlink()
+    sf.write(train.with_suffix(".wav"), samples, rate, subtype="FLOAT")
+    return dev.stem, train.stem
+
+
+def test_undecodable_audio_stops_naming_the_file(corpus: Path, tmp_path: Path) -> None:
+    root = tmp_path / "broken"
+    shutil.copytree(corpus, root)
+    truncated, nan = _break_audio(root)
+    module = make_dm(make_cfg(root, tmp_path / "cache", stats_utterances=1000))
+    # The statistics read every train file (24 < stats_utterances) before anything trains.
+    with pytest.raises(BadUtteranceError, match=rf"{nan}.wav: non-finite|{nan}.wav: audio holds"):
+        module.setup("fit")
+
+
+def test_undecodable_audio_is_skipped_under_skip(
+    corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "broken"
+    shutil.copytree(corpus, root)
+    truncated, nan = _break_audio(root)
+    module = make_dm(make_cfg(root, tmp_path / "cache", on_bad_utterance="skip",
+                              stats_utterances=1000))
+    with caplog.at_level(logging.WARNING):
+        module.setup("fit")
+        assert int(module.frontend.stats_count[0]) == 23  # the NaN file left out of the stats
+        ids = [i for b in module.val_dataloader() for i in b["ids"]]
+        train_ids = [i for b in module.train_dataloader() for i in b["ids"]]
+    assert truncated not in ids and len(ids) == 5  # of 6: left out of its batch
+    assert nan not in train_ids and len(train_ids) == 23
+    assert f"{truncated}.flac: unreadable audio" in caplog.text
+    assert f"{nan}.wav: audio holds non-finite samples" in caplog.text

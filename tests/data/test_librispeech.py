@@ -225,3 +225,16 @@ def test_load_audio_names_a_bad_file(tmp_path: Path) -> None:
     path.write_bytes(b"garbage")
     with pytest.raises(BadUtteranceError, match="bad.flac"):
         load_audio(path)
+
+
+def test_a_transcript_that_is_not_utf8_is_named(tmp_path):
+    root = tmp_path / "corpus"
+    chapter = root / "dev" / "1" / "10"
+    chapter.mkdir(parents=True)
+    sf.write(chapter / "1-10-0000.flac", np.zeros(1600, np.float32), 16000)
+    (chapter / "1-10.trans.txt").write_bytes("1-10-0000 CAF\xc9\n".encode("latin-1"))
+    with pytest.raises(BadUtteranceError, match=r"1-10.trans.txt: transcript is not valid UTF-8"):
+        read_split(root, "dev", "stop", cache_dir=tmp_path / "cache")
+    skipped = read_split(root, "dev", "skip", cache_dir=tmp_path / "cache2")
+    assert not skipped.utterances
+    assert any("not valid UTF-8" in s.reason for s in skipped.skipped)

@@ -485,3 +485,20 @@ def test_export_never_overwrites_its_input_and_names_bad_destinations(qat_checkp
         export_packed(qat_checkpoint, tmp_path)
     with pytest.raises(ValueError, match=r"the folder .*missing does not exist"):
         export_packed(qat_checkpoint, tmp_path / "missing" / "model.lbq")
+
+
+def test_a_packed_file_given_as_a_training_checkpoint_says_what_it_is(packed_qat):
+    with pytest.raises(ValueError, match=r"is a packed .lbq file, not a training checkpoint: use"
+                       r" it with lowbit-asr evaluate or transcribe"):
+        read_checkpoint(packed_qat)
+
+
+def test_an_empty_or_foreign_checkpoint_is_named(tmp_path):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.ckpt: cannot be read as a weights-only"):
+        read_checkpoint(empty)
+    other = tmp_path / "other.ckpt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match=r"other.ckpt: not a lowbit-asr training checkpoint"):
+        read_checkpoint(other)

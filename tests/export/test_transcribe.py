@@ -151,3 +151,19 @@ def test_out_never_overwrites_the_model_or_an_input(what, speech, talkative, cap
     assert f"out={out} is the model or one of the inputs: refusing to overwrite" in (
         capsys.readouterr().err)
     assert all(p.read_bytes() == b for p, b in before.items())
+
+
+@pytest.mark.parametrize("command", ["transcribe", "evaluate"])
+def test_threads_out_of_range_is_named(command, talkative, capsys):
+    model = "model" if command == "transcribe" else "checkpoint"
+    args = [f"{model}={talkative['packed']}", "threads=-2"]
+    if command == "transcribe":
+        args.append("audio=nothing.wav")
+    argv = list(sys.argv)
+    try:
+        with pytest.raises(SystemExit):
+            cli.main([command, *args])
+    finally:
+        sys.argv = argv
+    err = capsys.readouterr().err
+    assert "threads must be an integer >= 0 (0 = torch's default), got -2" in err

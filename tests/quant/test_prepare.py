@@ -169,12 +169,19 @@ def test_indivisible_group_size_errors_or_falls_back():
     lenient = QuantPolicy.from_config({"default": {"bits": 2, "symmetric": False,
                                                    "group_size": 8},
                                        "indivisible": "per_channel"})
-    plan = {p.name: p for p in lenient.plan(_zoo())}
+    with pytest.warns(UserWarning, match=r"2 of \d+ quantized weights fell back to per-channel"):
+        plan = {p.name: p for p in lenient.plan(_zoo())}
     assert plan["conv2d.weight"].spec.granularity == "per_channel"
     assert "fell back to per_channel" in plan["conv2d.weight"].source
     assert plan["depthwise.weight"].group_size == 3
     assert plan["proj.weight"].group_size == 8
-    prepare(_zoo(), lenient)
+    with pytest.warns(UserWarning, match="fell back"):
+        prepare(_zoo(), lenient)
+    # A group size that divides no row: every weight falls back, and the warning says so.
+    none_divide = QuantPolicy.from_config({"default": {"bits": 2, "group_size": 7},
+                                           "indivisible": "per_channel"})
+    with pytest.warns(UserWarning, match="the policy's groups apply to none of them"):
+        none_divide.plan(_zoo())
 
 
 def test_prepare_twice_and_float_policy():

@@ -51,8 +51,11 @@ def main(cfg: DictConfig) -> int:
     """Transcribe every file; 1 if any could not be read."""
     if cfg.format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {cfg.format!r}")
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    threads = cfg.threads
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise ValueError(f"threads must be an integer >= 0 (0 = torch's default), got {threads!r}")
+    if threads:
+        torch.set_num_threads(threads)
     inputs = list(cfg.audio) if isinstance(cfg.audio, ListConfig) else [str(cfg.audio)]
     paths = expand_inputs(inputs)
     if cfg.out is not None:

@@ -134,12 +134,16 @@ class AsrDataset(Dataset[Batch]):
         tokenizer: Tokenizer,
         normalise: Callable[[Tensor], Tensor],
         source: FeatureSource | None = None,
+        on_bad_utterance: str = "stop",
     ) -> None:
-        """``normalise``: the model's front end's (a CPU copy of it), ``(T, 80) -> (T, 80)``."""
+        """``normalise``: the model's front end's (a CPU copy of it), ``(T, 80) -> (T, 80)``.
+        ``on_bad_utterance``: audio that cannot be decoded although its header read (truncated,
+        non-finite samples) raises (``stop``) or is left out of its batch with a warning."""
         self.utterances = list(utterances)
         self.tokenizer = tokenizer
         self.normalise = normalise
         self.source = source if source is not None else FeatureSource()
+        self.on_bad_utterance = on_bad_utterance
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -160,7 +164,19 @@ class AsrDataset(Dataset[Batch]):
         )
 
     def __getitem__(self, indices: Sequence[int]) -> Batch:  # type: ignore[override]
-        return collate([self.example(i) for i in indices])
+        examples, bad = [], []
+        for i in indices:
+            try:
+                examples.append(self.example(i))
+            except BadUtteranceError as err:
+                if self.on_bad_utterance == "stop":
+                    raise
+                bad.append(err)
+                log.warning("skipped (on_bad_utterance=skip): %s", err)
+        if not examples:
+            raise BadUtteranceError(bad[0].path, f"{bad[0].reason}; every utterance of its"
+                                    f" batch ({len(bad)}) is unreadable")
+        return collate(examples)
 
 
 class AsrDataModule(L.LightningDataModule):
@@ -301,7 +317,8 @@ class AsrDataModule(L.LightningDataModule):
                 )
         if needs_stats:
             self._stats = load_or_compute_stats(
-                self.train_utterances(), self.features, self.cache_root, self.cfg.stats_utterances
+                self.train_utterances(), self.features, self.cache_root, self.cfg.stats_utterances,
+                skip_bad=self.cfg.on_bad_utterance == "skip",
             )
         if self._frontend is not None and not self._frontend.has_stats:
             assert self._stats is not None
@@ -371,7 +388,8 @@ class AsrDataModule(L.LightningDataModule):
                 f" {self.cfg.root} were left out (on_bad_utterance={self.cfg.on_bad_utterance},"
                 f" max_utterance_seconds={self.cfg.max_utterance_seconds}; the warnings above"
                 " say why)")
-        dataset = AsrDataset(utterances, self.tokenizer, self._normaliser(), self.features)
+        dataset = AsrDataset(utterances, self.tokenizer, self._normaliser(), self.features,
+                             self.cfg.on_bad_utterance)
         loader = self._loader(dataset, shuffle=True)
         if self._resume_position is not None:  # resuming: skip the batches already trained
             loader.sampler.resume_at(**self._resume_position)  # type: ignore[attr-defined]
@@ -410,13 +428,15 @@ class AsrDataModule(L.LightningDataModule):
         cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else None
         manifest = read_split(root, split, self.cfg.on_bad_utterance, cache_dir)
         utterances = self._usable(f"{root}/{split}", manifest, train=False)
-        return self._loader(AsrDataset(utterances, self.tokenizer, self._normaliser()),
-                            shuffle=False,
+        dataset = AsrDataset(utterances, self.tokenizer, self._normaliser(),
+                             on_bad_utterance=self.cfg.on_bad_utterance)
+        return self._loader(dataset, shuffle=False,
                             batch_seconds=self.cfg.eval_batch_seconds, whole=True)
 
     def _split_loader(self, split: str, batch_seconds: float | None = None) -> DataLoader[Batch]:
         utterances = self._usable(split, self.manifest(split), train=False)
-        dataset = AsrDataset(utterances, self.tokenizer, self._normaliser(), self.features)
+        dataset = AsrDataset(utterances, self.tokenizer, self._normaliser(), self.features,
+                             self.cfg.on_bad_utterance)
         return self._loader(dataset, shuffle=False, batch_seconds=batch_seconds,
                             whole=batch_seconds is not None)
 

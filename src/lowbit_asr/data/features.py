@@ -36,7 +36,15 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from lowbit_asr.data.audio import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH, load_audio
+from lowbit_asr.data.audio import (
+    HOP_LENGTH,
+    N_FFT,
+    N_MELS,
+    SAMPLE_RATE,
+    WIN_LENGTH,
+    BadUtteranceError,
+    load_audio,
+)
 from lowbit_asr.data.librispeech import Utterance
 
 log = logging.getLogger(__name__)
@@ -265,24 +273,39 @@ def stats_subsample(utterances: Sequence[Utterance], max_utterances: int) -> lis
 
 
 def compute_stats(
-    utterances: Sequence[Utterance], source: FeatureSource, max_utterances: int = 500
+    utterances: Sequence[Utterance], source: FeatureSource, max_utterances: int = 500,
+    skip_bad: bool = False,
 ) -> FeatureStats:
-    """Mean and standard deviation per bin over the frames of a subsample of ``utterances``."""
+    """Mean and standard deviation per bin over the frames of a subsample of ``utterances``.
+
+    Audio that cannot be decoded (truncated, non-finite samples) raises BadUtteranceError naming
+    the file, before anything is computed from it; with ``skip_bad`` it is left out (warned)."""
     chosen = stats_subsample(utterances, max_utterances)
     if not chosen:
         raise ValueError("cannot compute feature statistics: no utterances")
     total = torch.zeros(N_MELS, dtype=torch.float64)
     total_sq = torch.zeros(N_MELS, dtype=torch.float64)
-    frames = 0
+    frames = used = 0
     for u in chosen:
-        feats = source(u).double()  # (frames, 80); float64: sums over millions of frames
+        try:
+            feats = source(u).double()  # (frames, 80); float64: sums over millions of frames
+        except BadUtteranceError as err:
+            if not skip_bad:
+                raise
+            log.warning("feature statistics: skipped (on_bad_utterance=skip): %s", err)
+            continue
+        if not torch.isfinite(feats).all():  # e.g. a cached file from a bad source
+            raise BadUtteranceError(u.path, "non-finite features")
+        used += 1
         total += feats.sum(0)
         total_sq += feats.square().sum(0)
         frames += feats.shape[0]
+    if not frames:
+        raise ValueError("cannot compute feature statistics: no readable utterance")
     mean = total / frames
     var = (total_sq / frames - mean.square()).clamp_min(0.0)
     std = var.sqrt().clamp_min(STD_FLOOR)
-    return FeatureStats(mean.float(), std.float(), utterances=len(chosen), frames=frames)
+    return FeatureStats(mean.float(), std.float(), utterances=used, frames=frames)
 
 
 def stats_cache_path(
@@ -301,8 +324,10 @@ def load_or_compute_stats(
     source: FeatureSource,
     cache_root: Path,
     max_utterances: int = 500,
+    skip_bad: bool = False,
 ) -> FeatureStats:
-    """The statistics of ``utterances`` (the train split), from the cache or computed and cached."""
+    """The statistics of ``utterances`` (the train split), from the cache or computed and cached
+    (``skip_bad``: see :func:`compute_stats`)."""
     path = stats_cache_path(utterances, cache_root, max_utterances)
     if path.exists():
         try:
@@ -312,7 +337,7 @@ def load_or_compute_stats(
         except (OSError, ValueError, KeyError) as err:
             log.warning("unreadable feature statistics %s (%s): recomputing", path, err)
     start = time.perf_counter()
-    stats = compute_stats(utterances, source, max_utterances)
+    stats = compute_stats(utterances, source, max_utterances, skip_bad)
     log.info(
         "feature statistics: %d utterances, %d frames in %.1f s -> %s",
         stats.utterances,

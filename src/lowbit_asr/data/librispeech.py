@@ -37,6 +37,7 @@ LIBRISPEECH_SPLITS = (
     "test-other",
 )
 BAD_UTTERANCE_MODES = ("stop", "skip")
+UNREADABLE_TRANSCRIPT = "transcript is not valid UTF-8"
 CACHE_VERSION = 1
 # Fallback for manifests of read-only data when no cache_dir is given.
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lowbit-asr"
@@ -108,7 +109,8 @@ def read_split(
         cache = _write_cache(cache, key, manifest, split_dir, split)
     manifest.cache_path = str(cache) if cache else None
     if manifest.skipped and on_bad_utterance == "stop":
-        first = manifest.skipped[0]
+        # An unreadable transcript first: its audio files' "no transcript line" follow from it.
+        first = min(manifest.skipped, key=lambda s: not s.reason.startswith(UNREADABLE_TRANSCRIPT))
         raise BadUtteranceError(first.path, first.reason)
     if manifest.skipped:
         log.warning(
@@ -173,7 +175,12 @@ def _scan(split_dir: Path, listing: list[tuple[str, int, int]]) -> SplitManifest
         )
     lines: dict[str, tuple[str, Path]] = {}  # utterance id -> (text, transcript file)
     for trans in transcripts:
-        for number, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            content = trans.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            skipped.append(Skipped(str(trans), f"{UNREADABLE_TRANSCRIPT} ({err})"))
+            continue
+        for number, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")

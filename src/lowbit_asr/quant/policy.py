@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -183,6 +184,7 @@ class QuantPolicy:
                     f" {', '.join(n for n, _ in candidates[:3])}, ...)"
                 )
         planned = []
+        fell_back = 0
         for name, weight in candidates:
             spec, source = self.match(name)
             group_size = None
@@ -199,7 +201,16 @@ class QuantPolicy:
                     spec = replace(spec, group_size=None, sub_channels=None)
                     group_size = k
                     source += " (fell back to per_channel)"
+                    fell_back += 1
             planned.append(PlannedTensor(name, tuple(weight.shape), spec, group_size, source))
+        if fell_back:
+            quantized = sum(p.spec is not None for p in planned)
+            warnings.warn(
+                f"quantizer {self.name or '(unnamed)'}: {fell_back} of {quantized} quantized"
+                " weights fell back to per-channel scales (their group size does not divide"
+                " the row; quantizer.indivisible=per_channel)"
+                + (": the policy's groups apply to none of them" if fell_back == quantized
+                   else ""), stacklevel=2)
         return planned
 
 

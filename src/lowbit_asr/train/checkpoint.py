@@ -16,6 +16,7 @@ from lowbit_asr.data.tokenizer import Tokenizer
 from lowbit_asr.model.config import ModelConfig
 from lowbit_asr.model.frontend import STATE_KEYS as FRONTEND_KEYS
 from lowbit_asr.quant import load_float_state_dict
+from lowbit_asr.quant.container import is_packed_file
 from lowbit_asr.train.module import RNNTModule
 
 REQUIRED_KEYS = ("hyper_parameters", "state_dict")
@@ -100,6 +101,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {path}")
+    if is_packed_file(path):
+        raise ValueError(f"{path} is a packed .lbq file, not a training checkpoint: use it with"
+                         " lowbit-asr evaluate or transcribe (training starts from a .ckpt)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, pickle with code, not a torch file
