@@ -208,3 +208,21 @@ def test_an_unreadable_last_checkpoint_is_named_and_set_aside(tiny_corpus, tmp_p
     log = (run_dir / "train.log").read_text()
     assert "last.ckpt cannot be read" in log and "resuming from" in log and "best.ckpt" in log
     assert not list((run_dir / "checkpoints").glob(".*.tmp*"))  # no temporary files left
+
+
+def test_a_resumed_run_logs_into_the_same_wandb_run(tiny_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL,
+            "logger=default", "trainer.max_steps=6", "trainer.val_check_interval=3",
+            "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TERM_AT_STEP": "4", "WANDB_SILENT": "true"}
+    first = subprocess.run([sys.executable, "-c", TERMINATOR, *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 1, first.stderr[-3000:]
+    again = subprocess.run([LOWBIT_ASR, "train", *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    run_id = (run_dir / "wandb_id").read_text().strip()
+    attempts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2 and all(p.name.endswith(f"-{run_id}") for p in attempts)

@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import os
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ from lowbit_asr.train.results import RESULT_FILE, failed_row, git_commit, result
 from lowbit_asr.train.scoring import EVALUATION_FILE, RUN_EVAL_DIR, evaluate_to
 
 log = logging.getLogger("lowbit_asr.train")
+WANDB_ID_FILE = "wandb_id"
+"""The W&B run id of a run folder (every attempt at the run logs into it)."""
 
 
 def build_loggers(cfg: TrainConfig, run_dir: Path, plain: dict[str, Any]) -> list[Any]:
@@ -53,10 +56,17 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, plain: dict[str, Any]) -> lis
     if cfg.logger.csv.enabled:
         loggers.append(L.pytorch.loggers.CSVLogger(run_dir, name="csv", version=""))
     if cfg.logger.wandb.mode != "disabled":
+        # One W&B run per run folder: a resumed attempt logs into the same run id (resume=allow),
+        # so its history continues the killed one's instead of starting a new run.
+        id_file = run_dir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        if run_id is None and _first_process():  # the other ranks log nothing to W&B
+            run_id = uuid.uuid4().hex[:12]
+            write_text_atomic(id_file, run_id + "\n")
         loggers.append(L.pytorch.loggers.WandbLogger(
             project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
             mode=cfg.logger.wandb.mode, save_dir=str(run_dir), name=cfg.experiment_name,
-            tags=list(cfg.logger.wandb.tags), config=plain,
+            tags=list(cfg.logger.wandb.tags), config=plain, id=run_id, resume="allow",
         ))
     return loggers
 
