@@ -204,10 +204,10 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     )
     # Same command, same run directory => resume where a killed run stopped (from last.ckpt, or
     # best.ckpt when last.ckpt is unreadable).
-    found = resumable_checkpoint(run_dir / "checkpoints")
+    found = resumable_checkpoint(run_dir / "checkpoints", set_aside=_first_process())
     resume = str(found) if found else None
     loggers = build_loggers(cfg, run_dir, plain)
-    if found:
+    if found and _first_process():  # the other DDP ranks log nothing and must not touch it
         keep_csv_history(loggers, found)
     trainer = L.Trainer(
         **cfg.trainer.lightning_kwargs(), default_root_dir=str(run_dir),

@@ -47,10 +47,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
-def resumable_checkpoint(folder: Path) -> Path | None:
+def resumable_checkpoint(folder: Path, set_aside: bool = True) -> Path | None:
     """The checkpoint a rerun in ``folder`` resumes from: ``last.ckpt``, or, when that cannot be
-    read (truncated, empty), ``best.ckpt``; an unreadable file is named and set aside as
-    ``<name>.unreadable`` so that nothing resumes from it again."""
+    read (truncated, empty), ``best.ckpt``; an unreadable file is named and (``set_aside``: the
+    run's first process only) renamed ``<name>.unreadable`` so that nothing resumes from it."""
     for name in ("last.ckpt", "best.ckpt"):
         path = folder / name
         if not path.is_file():
@@ -58,9 +58,10 @@ def resumable_checkpoint(folder: Path) -> Path | None:
         try:
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
         except Exception as err:  # noqa: BLE001 - any failure to read it means: not this one
-            aside = path.with_name(f"{path.name}.unreadable")
-            os.replace(path, aside)
-            log.error("%s cannot be read (%s): set aside as %s", path, err, aside.name)
+            if set_aside:
+                aside = path.with_name(f"{path.name}.unreadable")
+                os.replace(path, aside)
+                log.error("%s cannot be read (%s): set aside as %s", path, err, aside.name)
             continue
         return path
     return None
