@@ -144,3 +144,18 @@ def test_a_run_the_time_guard_stops_is_truncated_not_ok(tiny_corpus, tmp_path):
     row = json.loads((run_dir / "results.json").read_text())
     assert row["status"] == "truncated" and 0 < row["steps"] < 100000
     assert "trainer.max_steps=100000" in row["error"] and "max_time" in row["error"]
+
+
+def test_bf16_mixed_on_the_cpu_trains_a_qat_model(tiny_corpus, tmp_path):
+    """``trainer.precision=bf16-mixed`` works on the CPU as on the GPU (AMX/AVX512-BF16 here)."""
+    run_dir = tmp_path / "run"
+    _run(["train", *_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL,
+          "logger=csv", "trainer.precision=bf16-mixed", "trainer.max_steps=2",
+          "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+          "trainer.enable_progress_bar=false", "quantizer=int2_asym",
+          "dataset.test_splits=[test-clean]", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    row = json.loads((run_dir / "results.json").read_text())
+    assert row["status"] == "ok" and row["steps"] == 2 and math.isfinite(row["wer"]["test-clean"])
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    losses = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert losses and all(math.isfinite(v) for v in losses)
