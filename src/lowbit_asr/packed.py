@@ -119,8 +119,9 @@ def _read(path: Path) -> tuple[dict[str, Tensor], PackedFile, dict[str, Any]]:
         raise ValueError(
             f"{path}: a packed file, but not a lowbit-asr model: 'extra' lacks hyper_parameters"
         )
-    hparams = dict(extra["hyper_parameters"]) if isinstance(extra["hyper_parameters"], dict) \
-        else extra["hyper_parameters"]
+    hparams = extra["hyper_parameters"]
+    if isinstance(hparams, dict):
+        hparams = dict(hparams)  # converted below without touching the file's metadata
     try:
         if not isinstance(hparams, dict) or not {"model", "tokenizer"} <= set(hparams):
             raise ValueError("hyper_parameters need 'model' and 'tokenizer'")
