@@ -13,21 +13,27 @@ from pathlib import Path
 import torch
 from test_train_e2e import LOWBIT_ASR, SMALL_MODEL, _dataset_args
 
-# Runs `lowbit-asr train` with a callback that SIGKILLs the process at a given step: no
-# exception, no clean-up, no checkpoint on the way out, as when a cluster pre-empts a job.
-KILLER = """
+# Runs `lowbit-asr train` with a callback that sends itself a signal at a given step: SIGKILL at
+# the end of a step (no exception, no clean-up, no checkpoint on the way out, as when a cluster
+# pre-empts a job), or SIGTERM at the start of one (mid-step, as a scheduler sends it).
+SIGNALLER = """
 import os, signal, sys
 import lightning as L
 from lowbit_asr.cli import main
 
-class KillAt(L.Callback):
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == int(os.environ["KILL_AT_STEP"]):
-            os.kill(os.getpid(), signal.SIGKILL)
+class SignalAt(L.Callback):
+    def __init__(self, hook, sig):
+        setattr(self, hook, self.fire)
+        self.sig = sig
+    def fire(self, trainer, *args):
+        if trainer.global_step == int(os.environ["SIGNAL_AT_STEP"]):
+            os.kill(os.getpid(), self.sig)
 
+callback = (SignalAt("on_train_batch_end", signal.SIGKILL) if os.environ["SIGNAL"] == "KILL"
+            else SignalAt("on_train_batch_start", signal.SIGTERM))
 init = L.Trainer.__init__
 def patched(self, *args, callbacks=None, **kwargs):
-    init(self, *args, callbacks=[*(callbacks or []), KillAt()], **kwargs)
+    init(self, *args, callbacks=[*(callbacks or []), callback], **kwargs)
 L.Trainer.__init__ = patched
 main(["train", *sys.argv[1:]])
 """
@@ -50,10 +56,10 @@ def test_sigkill_mid_epoch_then_same_command_resumes_identically(tiny_corpus, tm
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def train(run_dir: Path, *extra: str, kill_at: int | None = None) -> int:
-        command = ([sys.executable, "-c", KILLER] if kill_at else [LOWBIT_ASR, "train"])
+        command = ([sys.executable, "-c", SIGNALLER] if kill_at else [LOWBIT_ASR, "train"])
         proc = subprocess.run([*command, *args, *extra, f"hydra.run.dir={run_dir}"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                              env={**env, "KILL_AT_STEP": str(kill_at or 0)})
+                              env={**env, "SIGNAL": "KILL", "SIGNAL_AT_STEP": str(kill_at or 0)})
         if kill_at is None:
             assert proc.returncode == 0, proc.stderr[-4000:]
         return proc.returncode
@@ -149,31 +155,14 @@ def test_resume_differences_ignore_the_safe_keys():
         "optim.lr: 0.001 -> 0.002"]
 
 
-TERMINATOR = """
-import os, signal, sys
-import lightning as L
-from lowbit_asr.cli import main
-
-class TermAt(L.Callback):  # SIGTERM in the middle of a step, as a scheduler sends it
-    def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step == int(os.environ["TERM_AT_STEP"]):
-            os.kill(os.getpid(), signal.SIGTERM)
-
-init = L.Trainer.__init__
-def patched(self, *args, callbacks=None, **kwargs):
-    init(self, *args, callbacks=[*(callbacks or []), TermAt()], **kwargs)
-L.Trainer.__init__ = patched
-main(["train", *sys.argv[1:]])
-"""
-
 
 def test_sigterm_saves_a_checkpoint_writes_interrupted_and_exits_non_zero(tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
     args = [*_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL, "logger=csv",
             "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
             "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TERM_AT_STEP": "4"}
-    proc = subprocess.run([sys.executable, "-c", TERMINATOR, *args], cwd=tmp_path,
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIGNAL": "TERM", "SIGNAL_AT_STEP": "4"}
+    proc = subprocess.run([sys.executable, "-c", SIGNALLER, *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 1, proc.stderr[-3000:]
     row = json.loads((run_dir / "results.json").read_text())
@@ -216,8 +205,9 @@ def test_a_resumed_run_logs_into_the_same_wandb_run(tiny_corpus, tmp_path):
             "logger=default", "trainer.max_steps=6", "trainer.val_check_interval=3",
             "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
             f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TERM_AT_STEP": "4", "WANDB_SILENT": "true"}
-    first = subprocess.run([sys.executable, "-c", TERMINATOR, *args], cwd=tmp_path,
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIGNAL": "TERM", "SIGNAL_AT_STEP": "4",
+           "WANDB_SILENT": "true"}
+    first = subprocess.run([sys.executable, "-c", SIGNALLER, *args], cwd=tmp_path,
                            capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 1, first.stderr[-3000:]
     again = subprocess.run([LOWBIT_ASR, "train", *args], cwd=tmp_path, capture_output=True,

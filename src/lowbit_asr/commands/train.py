@@ -71,7 +71,7 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, plain: dict[str, Any]) -> lis
     return loggers
 
 
-def keep_csv_history(loggers: list[Any], checkpoint: Path) -> None:
+def keep_csv_history(loggers: list[Any], step: int) -> None:
     """A resumed run keeps the metrics rows logged before its checkpoint: Lightning's CSV logger
     would start ``metrics.csv`` afresh. Rows after the checkpoint's step are dropped (the resumed
     run logs them again)."""
@@ -81,8 +81,6 @@ def keep_csv_history(loggers: list[Any], checkpoint: Path) -> None:
     path = Path(csv_loggers[0].log_dir) / "metrics.csv"
     if not path.is_file():
         return
-    step = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-               ["global_step"])
     with path.open(newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("step") and int(r["step"]) < step]
     path.unlink()
@@ -205,10 +203,10 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     # Same command, same run directory => resume where a killed run stopped (from last.ckpt, or
     # best.ckpt when last.ckpt is unreadable).
     found = resumable_checkpoint(run_dir / "checkpoints", set_aside=_first_process())
-    resume = str(found) if found else None
+    resume = str(found[0]) if found else None
     loggers = build_loggers(cfg, run_dir, plain)
     if found and _first_process():  # the other DDP ranks log nothing and must not touch it
-        keep_csv_history(loggers, found)
+        keep_csv_history(loggers, found[1])
     trainer = L.Trainer(
         **cfg.trainer.lightning_kwargs(), default_root_dir=str(run_dir),
         logger=loggers or False, plugins=[AtomicCheckpointIO()],

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.files import write_text_atomic
-from lowbit_asr.transcribe import Recognizer, expand_inputs
+from lowbit_asr.transcribe import EVAL_BATCH_SECONDS, Recognizer, expand_inputs
 
 # Its own folder: conf/ has a `model` group, and here `model=` is a file.
 TRANSCRIBE_CONF = str(CONF_DIR / "transcribe")
@@ -69,7 +69,8 @@ def main(cfg: DictConfig) -> int:
     asr = Recognizer.load(cfg.model, device=cfg.device)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.decoding).items() if v is not None}
     asr.model.cfg.decoding = replace(asr.model.cfg.decoding, **overrides)
-    results = asr.transcribe_files(paths, batch_seconds=float(cfg.batch_seconds))
+    batch_seconds = EVAL_BATCH_SECONDS if cfg.batch_seconds is None else float(cfg.batch_seconds)
+    results = asr.transcribe_files(paths, batch_seconds=batch_seconds)
     lines: list[str] = []
     for t in results:
         if t.error is not None:

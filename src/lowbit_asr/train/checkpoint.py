@@ -17,6 +17,7 @@ from lowbit_asr.model.config import ModelConfig
 from lowbit_asr.model.frontend import STATE_KEYS as FRONTEND_KEYS
 from lowbit_asr.quant import load_float_state_dict
 from lowbit_asr.quant.container import is_packed_file
+from lowbit_asr.train.config import flatten
 from lowbit_asr.train.module import RNNTModule
 
 REQUIRED_KEYS = ("hyper_parameters", "state_dict")
@@ -47,23 +48,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
-def resumable_checkpoint(folder: Path, set_aside: bool = True) -> Path | None:
+def resumable_checkpoint(folder: Path, set_aside: bool = True) -> tuple[Path, int] | None:
     """The checkpoint a rerun in ``folder`` resumes from: ``last.ckpt``, or, when that cannot be
     read (truncated, empty), ``best.ckpt``; an unreadable file is named and (``set_aside``: the
-    run's first process only) renamed ``<name>.unreadable`` so that nothing resumes from it."""
+    run's first process only) renamed ``<name>.unreadable`` so that nothing resumes from it.
+    Returns the checkpoint and its global step (read to check it), or None."""
     for name in ("last.ckpt", "best.ckpt"):
         path = folder / name
         if not path.is_file():
             continue
         try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+            step = int(torch.load(path, map_location="cpu", weights_only=True,
+                                  mmap=True)["global_step"])
         except Exception as err:  # noqa: BLE001 - any failure to read it means: not this one
             if set_aside:
                 aside = path.with_name(f"{path.name}.unreadable")
                 os.replace(path, aside)
                 log.error("%s cannot be read (%s): set aside as %s", path, err, aside.name)
             continue
-        return path
+        return path, step
     return None
 log = logging.getLogger(__name__)
 
@@ -130,17 +133,6 @@ def checkpoint_tokenizer(ckpt: dict[str, Any]) -> Tokenizer:
     return Tokenizer.from_state(ckpt["hyper_parameters"]["tokenizer"])
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def init_from_float(module: RNNTModule, ckpt: dict[str, Any], path: str | Path) -> None:
     """Copy a float checkpoint's weights into ``module`` (prepared or not) before training.
 
@@ -148,8 +140,8 @@ def init_from_float(module: RNNTModule, ckpt: dict[str, Any], path: str | Path) 
     """
     # Compared as complete configs (defaults filled in): a key left to its default on one side
     # and written out on the other is no difference.
-    theirs = _flat(asdict(ModelConfig(**ckpt["hyper_parameters"]["model"])))
-    ours = _flat(asdict(ModelConfig(**module.hparams["model"])))
+    theirs = flatten(asdict(ModelConfig(**ckpt["hyper_parameters"]["model"])))
+    ours = flatten(asdict(ModelConfig(**module.hparams["model"])))
     differing = [f"model.{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}"
                  for k in sorted(set(theirs) | set(ours))
                  if not k.startswith("decoding.") and theirs.get(k) != ours.get(k)]

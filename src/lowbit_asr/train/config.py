@@ -255,11 +255,12 @@ RESUME_SAFE_KEYS = (
 logs, how it decodes the test. ``trainer.max_steps`` may grow (train on), never shrink."""
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (an empty mapping stays a leaf)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -268,7 +269,7 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def resume_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """What differs between the config a run folder was started with and this one, other than
     :data:`RESUME_SAFE_KEYS`: ``key: saved -> now`` lines (empty: the same experiment)."""
-    old, new = _flat(saved), _flat(now)
+    old, new = flatten(saved), flatten(now)
     lines = []
     for key in sorted(set(old) | set(new)):
         if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_SAFE_KEYS):
