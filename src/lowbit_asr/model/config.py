@@ -25,7 +25,7 @@ SUBSAMPLING_FACTORS = (4, 6, 8)
 DECODING_METHODS = ("greedy", "beam")
 """Supported search algorithms."""
 
-RNNT_LOSS_IMPLS = ("torchaudio", "torch")
+RNNT_LOSS_IMPLS = ("torchaudio", "torch", "pruned")
 """Implementations of the RNN-T loss: torchaudio's fused kernel or ``rnnt_loss.rnnt_nll``."""
 
 NORMALISATIONS = ("global", "utterance")
@@ -183,6 +183,52 @@ class DecodingConfig:
 
 
 @dataclass
+class PrunedLossConfig:
+    """Pruned RNN-T loss (``rnnt_loss_impl: pruned``), with icefall's defaults.
+
+    ``loss = simple_scale * simple + pruned_scale * pruned (+ ctc_weight * ctc)``: the simple
+    loss trains two extra projections (encoder -> V, predictor -> V) whose additive lattice
+    chooses, per frame, the ``prune_range`` label positions the real joiner is evaluated at.
+    During the first ``warmup_steps`` optimiser steps the scales move linearly from (1.0, 0.1)
+    to (``simple_loss_scale``, 1.0), as icefall's transducer recipes do (the pruning bounds are
+    poor until the simple loss has learnt something).
+    """
+
+    prune_range: int = 5
+    """Label positions per frame kept in the pruned lattice (>= 2; U+1 or more prunes nothing)."""
+    simple_loss_scale: float = 0.5
+    """Weight of the simple (additive-joiner) loss after warm-up."""
+    lm_scale: float = 0.25
+    """Share of the LM-only log-probabilities in the simple lattice (k2's ``lm_only_scale``)."""
+    am_scale: float = 0.0
+    """Share of the AM-only log-probabilities in the simple lattice (k2's ``am_only_scale``)."""
+    warmup_steps: int = 2000
+    """Optimiser steps over which the loss scales move to their final values (0 = none)."""
+
+    def __post_init__(self) -> None:
+        p = "pruned"
+        if not isinstance(self.prune_range, int) or self.prune_range < 2:
+            raise ValueError(f"{p}.prune_range must be an integer >= 2, got {self.prune_range!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(
+                f"{p}.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        for name in ("simple_loss_scale", "lm_scale", "am_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ValueError(f"{p}.{name} must be a number in [0, 1], got {value!r}")
+        if self.lm_scale + self.am_scale > 1:
+            raise ValueError(
+                f"{p}.lm_scale + {p}.am_scale must be <= 1, got {self.lm_scale + self.am_scale}")
+
+    def scales(self, step: int | None) -> tuple[float, float]:
+        """(simple, pruned) loss scales at optimiser step ``step`` (None = after warm-up)."""
+        if step is None or step >= self.warmup_steps:
+            return float(self.simple_loss_scale), 1.0
+        frac = step / self.warmup_steps
+        return 1.0 - frac * (1.0 - self.simple_loss_scale), 0.1 + 0.9 * frac
+
+
+@dataclass
 class ModelConfig:
     """Conformer RNN-T: front end, encoder, predictor, joiner, optional CTC head, loss and
     search knobs."""
@@ -200,7 +246,10 @@ class ModelConfig:
     joint_chunk_size: int = 0
     """Utterances per joint-network chunk in the loss (0 = whole batch); see ``RNNT.forward``."""
     rnnt_loss_impl: str = "torchaudio"
-    """``torchaudio`` (fused C++ kernel) or ``torch`` (autograd; the loss ~3.5x faster on CPU)."""
+    """``torchaudio`` (fused C++ kernel), ``torch`` (autograd; the loss ~3.5x faster on CPU), both
+    on the full lattice, or ``pruned`` (the pruned RNN-T loss, settings under ``pruned``)."""
+    pruned: PrunedLossConfig = field(default_factory=PrunedLossConfig)
+    """Pruned-loss settings; only ``rnnt_loss_impl: pruned`` reads them (set otherwise: refused)."""
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     """Search settings used by ``RNNT.decode``."""
 
@@ -210,6 +259,7 @@ class ModelConfig:
         self.predictor = coerce(self.predictor, PredictorConfig, "predictor")
         self.joiner = coerce(self.joiner, JoinerConfig, "joiner")
         self.decoding = coerce(self.decoding, DecodingConfig, "decoding")
+        self.pruned = coerce(self.pruned, PrunedLossConfig, "pruned")
         if not isinstance(self.ctc_weight, int | float) or self.ctc_weight < 0:
             raise ValueError(f"ctc_weight must be a number >= 0, got {self.ctc_weight!r}")
         if self.rnnt_loss_impl not in RNNT_LOSS_IMPLS:
@@ -220,3 +270,11 @@ class ModelConfig:
             raise ValueError(
                 f"joint_chunk_size must be an integer >= 0, got {self.joint_chunk_size!r}"
             )
+        if self.rnnt_loss_impl != "pruned" and self.pruned != PrunedLossConfig():
+            raise ValueError(
+                "pruned.* is read only with rnnt_loss_impl=pruned (it is"
+                f" {self.rnnt_loss_impl!r}); drop the pruned settings or set rnnt_loss_impl=pruned")
+        if self.rnnt_loss_impl == "pruned" and self.joint_chunk_size:
+            raise ValueError(
+                "joint_chunk_size applies to the full lattice; with rnnt_loss_impl=pruned the"
+                " lattice is already prune_range / (U+1) of it: set joint_chunk_size=0")

@@ -30,7 +30,14 @@ from lowbit_asr.model.config import DecodingConfig, ModelConfig, PredictorConfig
 from lowbit_asr.model.conformer import ConformerEncoder
 from lowbit_asr.model.decoding import search, sequence_log_prob
 from lowbit_asr.model.frontend import FrontEnd
-from lowbit_asr.model.rnnt_loss import rnnt_nll
+from lowbit_asr.model.rnnt_loss import (
+    band_nodes,
+    nll_and_occupation,
+    prune_bounds,
+    pruned_nll,
+    rnnt_nll,
+    simple_lattice,
+)
 
 LSTMState = tuple[Tensor, Tensor]
 """LSTM hidden and cell state, each (num_layers, B, H)."""
@@ -106,6 +113,19 @@ class Joiner(nn.Module):
         return self.join(self.project_encoder(enc), self.project_predictor(pred))
 
 
+class SimpleJoiner(nn.Module):
+    """The pruned loss's "simple" joiner: encoder (..., E) and predictor (..., H) projected
+    straight to vocabulary logits, combined by addition (``rnnt_loss.simple_lattice``).
+
+    Training only: it sets the pruning bounds and adds the simple loss; search never calls it.
+    """
+
+    def __init__(self, encoder_dim: int, predictor_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.am = nn.Linear(encoder_dim, vocab_size)
+        self.lm = nn.Linear(predictor_dim, vocab_size)
+
+
 def _rnnt_loss_sum(
     joiner: Joiner,
     enc_proj: Tensor,
@@ -161,13 +181,18 @@ class RNNT(nn.Module):
         self.ctc_head = (
             nn.Linear(self.encoder.output_dim, vocab_size) if cfg.ctc_weight > 0 else None
         )
+        self.simple_joiner = (
+            SimpleJoiner(self.encoder.output_dim, self.predictor.output_dim, vocab_size)
+            if cfg.rnnt_loss_impl == "pruned" else None
+        )
 
     def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder frames (N, T', E) and their lengths (N,) for features (N, T, F)."""
         return self.encoder(feats, feat_lens)
 
     def forward(
-        self, feats: Tensor, feat_lens: Tensor, targets: Tensor, target_lens: Tensor
+        self, feats: Tensor, feat_lens: Tensor, targets: Tensor, target_lens: Tensor,
+        step: int | None = None,
     ) -> dict[str, Tensor]:
         """Training losses for a batch.
 
@@ -176,17 +201,56 @@ class RNNT(nn.Module):
             feat_lens: (N,) valid frames per utterance.
             targets: (N, U) token ids in [1, V), padded with any valid id (e.g. 0).
             target_lens: (N,) valid tokens per utterance.
+            step: the optimiser step, for the pruned loss's warm-up (None = after warm-up).
 
         Returns:
             ``loss`` = ``rnnt_loss`` + ``ctc_weight`` * ``ctc_loss``; ``rnnt_loss`` and
             ``ctc_loss`` are the summed negative log-likelihoods divided by N (torchaudio's
             ``reduction="mean"``: mean over utterances of per-utterance NLL). ``ctc_loss`` is a
-            detached zero when the CTC head is disabled.
+            detached zero when the CTC head is disabled. With ``rnnt_loss_impl: pruned``,
+            ``rnnt_loss`` is the pruned loss (an upper bound of the full one), ``simple_loss``
+            the additive joiner's, and ``loss`` weighs them by ``pruned.scales(step)``.
         """
         enc, enc_lens = self.encode(feats, feat_lens)  # (N, T', E), (N,)
         n = enc.size(0)
         sos = targets.new_full((n, 1), BLANK_ID)
         pred, _ = self.predictor(torch.cat([sos, targets], dim=1))  # (N, U+1, H)
+        losses: dict[str, Tensor] = {}
+        if self.simple_joiner is not None:
+            simple, pruned = self._pruned_losses(enc, enc_lens, pred, targets, target_lens)
+            simple_scale, pruned_scale = self.cfg.pruned.scales(step)
+            rnnt_loss = pruned
+            losses["simple_loss"] = simple
+            transducer_loss = simple_scale * simple + pruned_scale * pruned
+        else:
+            rnnt_loss = self._full_loss(enc, enc_lens, pred, targets, target_lens)
+            transducer_loss = rnnt_loss
+
+        if self.ctc_head is not None:
+            log_probs = F.log_softmax(self.ctc_head(enc).float(), dim=-1)  # (N, T', V)
+            ctc_loss = (
+                F.ctc_loss(
+                    log_probs.transpose(0, 1),  # (T', N, V)
+                    targets,
+                    enc_lens,
+                    target_lens,
+                    blank=BLANK_ID,
+                    reduction="sum",
+                    zero_infinity=True,  # a frame-starved utterance must not poison the batch
+                )
+                / n
+            )
+            loss = transducer_loss + self.cfg.ctc_weight * ctc_loss
+        else:
+            ctc_loss = rnnt_loss.new_zeros(())
+            loss = transducer_loss
+        return {"loss": loss, "rnnt_loss": rnnt_loss, "ctc_loss": ctc_loss, **losses}
+
+    def _full_loss(
+        self, enc: Tensor, enc_lens: Tensor, pred: Tensor, targets: Tensor, target_lens: Tensor
+    ) -> Tensor:
+        """Mean RNN-T loss over the full (N, T', U+1) lattice, in chunks of utterances."""
+        n = enc.size(0)
         enc_proj = self.joiner.project_encoder(enc)  # (N, T', J)
         pred_proj = self.joiner.project_predictor(pred)  # (N, U+1, J)
         chunk = self.cfg.joint_chunk_size or n
@@ -207,27 +271,30 @@ class RNNT(nn.Module):
                 total = total + checkpoint(_rnnt_loss_sum, *args, use_reentrant=False)
             else:
                 total = total + _rnnt_loss_sum(*args)
-        rnnt_loss = total / n
+        return total / n
 
-        if self.ctc_head is not None:
-            log_probs = F.log_softmax(self.ctc_head(enc).float(), dim=-1)  # (N, T', V)
-            ctc_loss = (
-                F.ctc_loss(
-                    log_probs.transpose(0, 1),  # (T', N, V)
-                    targets,
-                    enc_lens,
-                    target_lens,
-                    blank=BLANK_ID,
-                    reduction="sum",
-                    zero_infinity=True,  # a frame-starved utterance must not poison the batch
-                )
-                / n
-            )
-            loss = rnnt_loss + self.cfg.ctc_weight * ctc_loss
-        else:
-            ctc_loss = rnnt_loss.new_zeros(())
-            loss = rnnt_loss
-        return {"loss": loss, "rnnt_loss": rnnt_loss, "ctc_loss": ctc_loss}
+    def _pruned_losses(
+        self, enc: Tensor, enc_lens: Tensor, pred: Tensor, targets: Tensor, target_lens: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Mean simple and pruned RNN-T losses (Kuang et al. 2022; ``rnnt_loss`` module)."""
+        assert self.simple_joiner is not None
+        cfg = self.cfg.pruned
+        t_max, u_max = int(enc_lens.max()), int(target_lens.max())
+        enc, pred, targets = enc[:, :t_max], pred[:, : u_max + 1], targets[:, :u_max]
+        blank_lp, label_lp = simple_lattice(
+            self.simple_joiner.am(enc), self.simple_joiner.lm(pred), targets, target_lens,
+            lm_only_scale=cfg.lm_scale, am_only_scale=cfg.am_scale, blank=BLANK_ID)
+        simple, occupation = nll_and_occupation(blank_lp, label_lp, enc_lens, target_lens)
+        s_begin = prune_bounds(occupation, enc_lens, target_lens, cfg.prune_range)
+        nodes = band_nodes(s_begin, cfg.prune_range, u_max + 1)  # (N, T', R)
+        n, r = enc.size(0), nodes.size(-1)
+        pred_proj = self.joiner.project_predictor(pred)  # (N, U+1, J)
+        band = pred_proj.gather(
+            1, nodes.reshape(n, -1, 1).expand(-1, -1, pred_proj.size(-1))
+        ).reshape(n, t_max, r, -1)  # (N, T', R, J)
+        logits = self.joiner.join(self.joiner.project_encoder(enc)[:, :, None, :], band)
+        pruned = pruned_nll(logits, targets, nodes, enc_lens, target_lens, BLANK_ID)
+        return simple.sum() / n, pruned.sum() / n
 
     @torch.no_grad()
     def sequence_log_prob(self, feats: Tensor, feat_lens: Tensor, hyps: list[list[int]]) -> Tensor:

@@ -24,6 +24,11 @@ import torch
 from torch import Tensor
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    """float16/bfloat16 (autocast) -> float32; float32 and float64 as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def rnnt_nll(
     logits: Tensor,
     targets: Tensor,
@@ -40,13 +45,8 @@ def rnnt_nll(
         target_lengths: (N,) valid tokens.
         blank: blank token id.
     """
-    n = logits.size(0)
     blank_lp, label_lp = lattice_log_probs(logits, targets, blank)  # (N, T, U+1) each
-    alphas, _ = forward_rows(blank_lp, label_lp)  # (N, T, U+1)
-    rows = torch.arange(n, device=logits.device)
-    last_t = (logit_lengths.long() - 1).clamp(min=0)
-    last_u = target_lengths.long()
-    return -(alphas[rows, last_t, last_u] + blank_lp[rows, last_t, last_u])
+    return lattice_nll(blank_lp, label_lp, logit_lengths, target_lengths)
 
 
 def lattice_log_probs(logits: Tensor, targets: Tensor, blank: int = 0) -> tuple[Tensor, Tensor]:
@@ -55,7 +55,7 @@ def lattice_log_probs(logits: Tensor, targets: Tensor, blank: int = 0) -> tuple[
     ``label[..., u]`` is log P(targets[u]) at lattice node u; ``label[..., U]`` is unused.
     """
     n, t, u1, _ = logits.shape
-    logits = logits.float()
+    logits = _at_least_float32(logits)
     labels = torch.cat([targets.long(), targets.new_full((n, 1), blank).long()], dim=1)  # (N, U+1)
     index = torch.stack([torch.full_like(labels, blank), labels], dim=-1)  # (N, U+1, 2)
     index = index[:, None].expand(n, t, u1, 2)  # (N, T, U+1, 2)
@@ -93,3 +93,307 @@ def forward_rows(
     if carry is None:
         raise ValueError("forward_rows needs at least one frame")
     return torch.stack(alphas, dim=1), carry
+
+
+# --- Pruned RNN-T (Kuang et al., Interspeech 2022) -------------------------------------------
+#
+# Written here in PyTorch rather than taken from k2 or fast_rnnt: k2 has no wheel for Python 3.11
+# / torch 2.14 on PyPI, and fast_rnnt 1.3 (2023, no wheels) compiles against torch 2.14.1 only
+# with four build workarounds tied to the CUDA toolkit's layout (README, "Pruned RNN-T loss").
+# These functions are the same recursion as ``rnnt_nll`` above, so they run on any device torch
+# runs on and are differentiated by autograd.
+#
+# The three steps:
+# 1. ``simple_lattice``: a "simple" joiner that only adds an acoustic (N, T, V) and a language
+#    (N, U+1, V) projection gives the whole (N, T, U+1) lattice of blank and label
+#    log-probabilities without building (N, T, U+1, V) logits: the normaliser
+#    logsumexp_v(am[t, v] + lm[u, v]) is one batched matrix product of their exponentials.
+# 2. ``prune_bounds``: the posterior occupation of the simple lattice picks, per frame, the
+#    ``prune_range`` consecutive label positions that hold most of the alignment mass.
+# 3. ``pruned_nll``: the real joiner runs only on those (N, T, R) nodes, and the recursion runs
+#    on the band they form (``alpha`` indexed by the position within each frame's window).
+
+_UNREACHABLE = -1.0e30
+"""Log-probability of a lattice node outside the pruned band (finite so that no inf - inf can
+arise; exp() of it is 0 in float32)."""
+
+
+def _band_alpha(blank_lp: Tensor, label_cum: Tensor, shift: Tensor | None) -> Tensor:
+    """Forward variables (N, T, R) of a band; ``shift`` (N, T-1) moves of the window (None: 0)."""
+    n, t, r = blank_lp.shape
+    pad = blank_lp.new_full((n, r - 1), _UNREACHABLE)
+    index = None if shift is None else (
+        torch.arange(r, device=blank_lp.device) + shift[..., None]).unbind(dim=1)
+    blank_steps, cum_steps = blank_lp.unbind(dim=1), label_cum.unbind(dim=1)
+    alpha = cum_steps[0]  # frame 0: the window starts at node 0; only labels reach k
+    alphas = [alpha]
+    for step in range(1, t):
+        prev = alpha + blank_steps[step - 1]
+        if index is not None:
+            # Align the previous frame's window with this one's: gather from
+            # [prev, unreachable x (R-1)] at k + shift.
+            prev = torch.cat([prev, pad], dim=1).gather(1, index[step - 1])
+        c = cum_steps[step]
+        alpha = torch.logcumsumexp(prev - c, dim=-1) + c
+        alphas.append(alpha)
+    return torch.stack(alphas, dim=1)
+
+
+def _band_beta(
+    blank_lp: Tensor, label_cum: Tensor, shift: Tensor | None, last_t: Tensor, last_k: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Backward variables of a band, computed in window-reversed order (k' = R-1-k) so that the
+    reverse cumulative sums are plain ``logcumsumexp`` and the window alignment is the same
+    gather as in ``_band_alpha``. Returns (beta, after_blank) (N, T, R) in the band's order:
+    ``beta[t, k]`` = log P(rest | node (t, k)) and ``after_blank[t, k]`` = the beta of the node a
+    blank from (t, k) leads to (0 for the final blank, unreachable outside the band)."""
+    n, t, r = blank_lp.shape
+    dev = blank_lp.device
+    rows = torch.arange(n, device=dev)
+    blank_rev = blank_lp.flip(-1).unbind(dim=1)
+    cum_rev = label_cum.flip(-1).unbind(dim=1)
+    pad = blank_lp.new_full((n, r - 1), _UNREACHABLE)
+    index = None if shift is None else (torch.arange(r, device=dev) + shift[..., None]).unbind(1)
+    final = blank_lp.new_full((n, r), _UNREACHABLE)
+    final[rows, r - 1 - last_k] = 0.0  # the virtual node after the last blank
+    ends = (last_t[:, None] == torch.arange(t, device=dev)).unbind(dim=1)  # t x (N,)
+    beta = blank_lp.new_full((n, r), _UNREACHABLE)
+    betas, nexts = [], []
+    for step in range(t - 1, -1, -1):
+        if step == t - 1 or index is None:
+            nxt = beta
+        else:
+            # beta[t+1] at position k - shift, i.e. k' + shift in reversed order.
+            nxt = torch.cat([beta, pad], dim=1).gather(1, index[step])
+        nxt = torch.where(ends[step][:, None], final, nxt)
+        c = cum_rev[step]
+        beta = torch.logcumsumexp(nxt + blank_rev[step] + c, dim=-1) - c
+        betas.append(beta)
+        nexts.append(nxt)
+    beta_t = torch.stack(betas[::-1], dim=1).flip(-1)
+    after_blank = torch.stack(nexts[::-1], dim=1).flip(-1)
+    return beta_t, after_blank
+
+
+def _label_cum(label_lp: Tensor) -> Tensor:
+    """c[t, k] = sum_{j<k} label[t, j] within each frame's window (N, T, R)."""
+    n, t, _ = label_lp.shape
+    return torch.cat([label_lp.new_zeros(n, t, 1), label_lp[..., :-1].cumsum(dim=-1)], dim=-1)
+
+
+class _BandNLL(torch.autograd.Function):
+    """-log P(y | x) (N,) over a band of the RNN-T lattice, with an analytic backward.
+
+    Why by hand: autograd through the T-step recursion records ~10 small ops per frame and its
+    ``logcumsumexp`` backward is several more; the gradient of -log P is minus the posterior
+    occupation of each transition, exp(alpha + log p + beta - log P), so one backward-variable
+    recursion of the same shape gives it (no maintained library provides this for torch 2.14:
+    see the module's note on k2 and fast_rnnt).
+    """
+
+    @staticmethod
+    def forward(ctx, blank_lp, label_lp, shift, last_t, last_k):  # type: ignore[override]
+        label_cum = _label_cum(label_lp)
+        alpha = _band_alpha(blank_lp, label_cum, shift)
+        rows = torch.arange(blank_lp.size(0), device=blank_lp.device)
+        log_p = alpha[rows, last_t, last_k] + blank_lp[rows, last_t, last_k]
+        ctx.save_for_backward(blank_lp, label_lp, label_cum, alpha, log_p, last_t, last_k)
+        ctx.shift = shift
+        return -log_p
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        blank_lp, label_lp, label_cum, alpha, log_p, last_t, last_k = ctx.saved_tensors
+        beta, after_blank = _band_beta(blank_lp, label_cum, ctx.shift, last_t, last_k)
+        base = alpha - log_p[:, None, None]
+        scale = -grad[:, None, None]
+        grad_blank = scale * (base + blank_lp + after_blank).exp()
+        after_label = torch.cat([beta[..., 1:], torch.full_like(beta[..., :1], _UNREACHABLE)], -1)
+        grad_label = scale * (base + label_lp + after_label).exp()
+        return grad_blank, grad_label, None, None, None
+
+
+def band_nll(
+    blank_lp: Tensor,
+    label_lp: Tensor,
+    logit_lengths: Tensor,
+    target_lengths: Tensor,
+    nodes: Tensor | None = None,
+) -> Tensor:
+    """Per-utterance negative log-likelihood (N,) of a lattice given as (N, T, R) blank and
+    label log-probabilities at label positions ``nodes`` (N, T, R) (None: the full lattice,
+    R = U+1). The band must start at position 0 on frame 0, be consecutive within a frame,
+    move up by 0..R-1 positions per frame and hold U_n on the utterance's last frame."""
+    last_t = (logit_lengths.long() - 1).clamp(min=0)
+    rows = torch.arange(blank_lp.size(0), device=blank_lp.device)
+    if nodes is None:
+        return _BandNLL.apply(blank_lp, label_lp, None, last_t, target_lengths.long())
+    shift = torch.diff(nodes[..., 0], dim=1)
+    last_k = target_lengths.long() - nodes[rows, last_t, 0]
+    return _BandNLL.apply(blank_lp, label_lp, shift, last_t, last_k)
+
+
+def lattice_nll(
+    blank_lp: Tensor, label_lp: Tensor, logit_lengths: Tensor, target_lengths: Tensor
+) -> Tensor:
+    """Per-utterance negative log-likelihood (N,) of a full (N, T, U+1) lattice."""
+    return band_nll(blank_lp, label_lp, logit_lengths, target_lengths)
+
+
+def simple_lattice(
+    am: Tensor,
+    lm: Tensor,
+    targets: Tensor,
+    target_lengths: Tensor,
+    lm_only_scale: float = 0.25,
+    am_only_scale: float = 0.0,
+    blank: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Blank and label log-probabilities (N, T, U+1) of the simple (additive) joiner.
+
+    ``log P(v | t, u) = am[t, v] + lm[u, v] - logsumexp_v'(am[t, v'] + lm[u, v'])``, smoothed as
+    k2's ``rnnt_loss_smoothed`` does (icefall trains with ``lm_only_scale=0.25``,
+    ``am_only_scale=0``): the lattice is ``(1 - a - l) * joint + l * lm_only + a * am_only``,
+    where ``lm_only`` is log_softmax(lm) and ``am_only`` normalises am under the unigram
+    distribution of lm's softmax, averaged over the batch's valid label positions. The
+    smoothing keeps each projection a usable model of its own, which makes the pruning bounds
+    meaningful early in training.
+
+    Args:
+        am: (N, T, V) acoustic projection of the encoder frames.
+        lm: (N, U+1, V) projection of the predictor outputs (position 0 follows the start).
+        targets: (N, U) token ids; padding may be any id in [0, V).
+        target_lengths: (N,) valid tokens (padding positions only matter for the unigram).
+    """
+    am, lm = _at_least_float32(am), _at_least_float32(lm)
+    n, u1, v = lm.shape
+    am_max = am.amax(dim=-1, keepdim=True)  # (N, T, 1)
+    lm_max = lm.amax(dim=-1, keepdim=True)  # (N, U+1, 1)
+    am_exp = (am - am_max).exp()
+    lm_exp = (lm - lm_max).exp()
+    tiny = torch.finfo(am.dtype).tiny
+    # (N, T, U+1): logsumexp over v of am[t, v] + lm[u, v], as one bmm of the exponentials.
+    norm = (torch.bmm(am_exp, lm_exp.transpose(1, 2)) + tiny).log() + am_max + lm_max.transpose(1, 2)
+    labels = torch.cat([targets.long(), targets.new_full((n, 1), blank).long()], dim=1)  # (N, U+1)
+    am_label = am.gather(-1, labels[:, None, :].expand(-1, am.size(1), -1))  # (N, T, U+1)
+    lm_label = lm.gather(-1, labels[..., None]).squeeze(-1)  # (N, U+1)
+    am_blank = am[..., blank]  # (N, T)
+    lm_blank = lm[..., blank]  # (N, U+1)
+    label = am_label + lm_label[:, None, :] - norm
+    blank_lp = am_blank[:, :, None] + lm_blank[:, None, :] - norm
+    joint_scale = 1.0 - lm_only_scale - am_only_scale
+    if lm_only_scale:
+        lm_norm = lm_exp.sum(dim=-1).log() + lm_max.squeeze(-1)  # (N, U+1)
+        label = joint_scale * label + lm_only_scale * (lm_label - lm_norm)[:, None, :]
+        blank_lp = joint_scale * blank_lp + lm_only_scale * (lm_blank - lm_norm)[:, None, :]
+        joint_scale = 1.0
+    if am_only_scale:
+        valid = (torch.arange(u1, device=lm.device)[None, :] <= target_lengths[:, None].long())
+        lm_probs = lm_exp / lm_exp.sum(dim=-1, keepdim=True)  # (N, U+1, V)
+        unigram = (lm_probs * valid[..., None]).sum(dim=(0, 1)) / valid.sum() + tiny  # (V,)
+        am_norm = (am_exp @ unigram).log() + am_max.squeeze(-1)  # (N, T)
+        log_unigram = unigram.log()
+        am_only_label = am_label + log_unigram[labels][:, None, :] - am_norm[..., None]
+        am_only_blank = (am_blank + log_unigram[blank] - am_norm)[..., None]
+        label = joint_scale * label + am_only_scale * am_only_label
+        blank_lp = joint_scale * blank_lp + am_only_scale * am_only_blank.expand_as(blank_lp)
+    return blank_lp, label
+
+
+def nll_and_occupation(
+    blank_lp: Tensor, label_lp: Tensor, logit_lengths: Tensor, target_lengths: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Negative log-likelihood (N,) of a full lattice, differentiable as usual, and the
+    posterior occupation (N, T, U+1) of its blank transitions (detached).
+
+    The occupation is d log P / d blank_lp; the loss's own gradient is the same quantity, so the
+    recursion is differentiated once (here) and its result reused as the backward of the loss.
+    """
+    blank_d = blank_lp.detach().requires_grad_(True)
+    label_d = label_lp.detach().requires_grad_(True)
+    with torch.enable_grad():
+        nll = lattice_nll(blank_d, label_d, logit_lengths, target_lengths)
+        blank_occ, label_occ = torch.autograd.grad(-nll.sum(), [blank_d, label_d])
+    nll = nll.detach()
+    if blank_lp.requires_grad or label_lp.requires_grad:
+        # Same value; gradient -occupation with respect to each lattice entry.
+        surrogate = ((blank_lp - blank_d.detach()) * blank_occ).sum(dim=(1, 2)) + (
+            (label_lp - label_d.detach()) * label_occ
+        ).sum(dim=(1, 2))
+        nll = nll - surrogate
+    return nll, blank_occ
+
+
+def prune_bounds(
+    blank_occ: Tensor, logit_lengths: Tensor, target_lengths: Tensor, prune_range: int
+) -> Tensor:
+    """First label position (N, T) of each frame's window of ``prune_range`` positions.
+
+    Per frame, the window holds the most blank-transition occupation (every alignment leaves
+    each frame by exactly one blank, so this is the probability that the alignment passes
+    through the window at that frame). The windows are then made a connected band from node
+    (0, 0) to (T_n - 1, U_n): they start at 0 on frame 0, never move back, move at most
+    ``prune_range - 1`` positions per frame, and contain U_n from the last valid frame on
+    (each constraint is a running minimum or maximum, so the band stays as close to the
+    occupation's choice as the constraints allow).
+    ``prune_range`` is capped at U+1 (then nothing is pruned). Raises ValueError if an utterance
+    has more tokens than such a band can reach (more than ``prune_range - 1`` per frame).
+    """
+    n, t, u1 = blank_occ.shape
+    r = min(prune_range, u1)
+    cum = torch.cat([blank_occ.new_zeros(n, t, 1), blank_occ.cumsum(dim=-1)], dim=-1)
+    start = (cum[..., r:] - cum[..., :-r]).argmax(dim=-1)  # (N, T) in [0, U+1-r]
+    end = (target_lengths.long() - r + 1).clamp(min=0)[:, None]  # window holding U_n
+    frames = torch.arange(t, device=blank_occ.device)[None, :]
+    slope = (r - 1) * frames
+    start = torch.minimum(start, end)
+    start[:, 0] = 0
+    # Reachable from frame 0: start[t] <= start[t-1] + (r-1), i.e. lowered to
+    # min_{k<=t} start[k] + (r-1)(t-k); then never moving back (a running maximum keeps that).
+    start = ((start - slope).cummin(dim=1).values + slope).cummax(dim=1).values
+    # From the last valid frame on, the window holds U_n; earlier windows are raised so that they
+    # reach it: start[t] >= start[t+1] - (r-1), a running maximum taken from the end.
+    start = torch.where(frames >= logit_lengths.long()[:, None] - 1, end.expand(n, t), start)
+    start = (start - slope).flip(1).cummax(dim=1).values.flip(1) + slope
+    if bool((start[:, 0] > 0).any()):
+        bad = int((start[:, 0] > 0).nonzero()[0])
+        raise ValueError(
+            f"pruned RNN-T: utterance {bad} of the batch has {int(target_lengths[bad])} tokens"
+            f" in {int(logit_lengths[bad])} frames, more than prune_range - 1 = {r - 1} per"
+            " frame; raise model.pruned.prune_range")
+    return start
+
+
+def band_nodes(s_begin: Tensor, prune_range: int, u1: int) -> Tensor:
+    """Label positions (N, T, R) of the band that starts at ``s_begin`` (N, T)."""
+    r = min(prune_range, u1)
+    return s_begin[..., None] + torch.arange(r, device=s_begin.device)
+
+
+def pruned_nll(
+    logits: Tensor,
+    targets: Tensor,
+    nodes: Tensor,
+    logit_lengths: Tensor,
+    target_lengths: Tensor,
+    blank: int = 0,
+) -> Tensor:
+    """Per-utterance RNN-T negative log-likelihood (N,) restricted to a band of the lattice.
+
+    Args:
+        logits: (N, T, R) x V joiner output at the band's nodes, shape (N, T, R, V).
+        targets: (N, U) token ids.
+        nodes: (N, T, R) label positions of the band (``band_nodes``); consecutive within a
+            frame, starting at 0 on frame 0, moving by 0..R-1 positions per frame.
+        logit_lengths, target_lengths: (N,) valid frames and tokens.
+
+    With a band that covers every position (R = U+1) this is ``rnnt_nll`` exactly.
+    """
+    n, t, r, _ = logits.shape
+    labels = torch.cat([targets.long(), targets.new_full((n, 1), blank).long()], dim=1)
+    node_labels = labels.gather(1, nodes.reshape(n, t * r)).reshape(n, t, r)
+    index = torch.stack([torch.full_like(node_labels, blank), node_labels], dim=-1)
+    logits = _at_least_float32(logits)
+    picked = logits.gather(-1, index) - logits.logsumexp(dim=-1, keepdim=True)  # (N, T, R, 2)
+    blank_lp, label_lp = picked.unbind(dim=-1)  # (N, T, R) each
+    return band_nll(blank_lp, label_lp, logit_lengths, target_lengths, nodes)

@@ -99,10 +99,13 @@ class RNNTModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """RNN-T (+ auxiliary CTC) loss of one batch."""
-        out = self.model(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"])
+        out = self.model(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"],
+                         step=self.global_step)
         n = batch["feats"].size(0)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
         self.log("train/rnnt_loss", out["rnnt_loss"], batch_size=n)
+        if "simple_loss" in out:
+            self.log("train/simple_loss", out["simple_loss"], batch_size=n)
         if self.model.ctc_head is not None:
             self.log("train/ctc_loss", out["ctc_loss"], batch_size=n)
         self._last_batch = (list(batch["ids"]), out["loss"].detach())  # no device sync here
