@@ -1,0 +1,108 @@
+"""Training throughput of a recipe, measured on the real corpus and data path: seconds of audio
+trained per second over the first ``--steps`` optimiser steps of ``lowbit-asr train``.
+
+    python benchmarks/recipe_throughput.py --tree . /path/to/old/checkout -- experiment=float_mini
+
+Each source tree (a checkout of this repository, e.g. an older commit from ``git worktree add``)
+runs the same command in its own process with its own ``src/`` on ``PYTHONPATH`` and its own
+``conf/``, one after the other, so that the rows compare code, not machines or moments. The corpus
+is the one under ``data/`` of the tree it is run from (linked into the others where they lack
+it). A callback added to Lightning's Trainer times steps 0 .. N-1 (data loading included) and sums
+their audio, then ends the process: no validation or test runs are timed or waited for.
+Prints a markdown table (median of ``--repeats`` runs per tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Runs inside the measured tree's process: wraps lightning.Trainer so that one more callback
+# rides along, whatever the tree's train command passes.
+_PROBE = r"""
+import json, os, sys, time
+import lightning as L
+
+STEPS, OUT = int(os.environ["PROBE_STEPS"]), os.environ["PROBE_OUT"]
+FRAME_SECONDS = 0.01  # log-mel frames of every version of this project: 10 ms
+
+class Probe(L.Callback):
+    def __init__(self):
+        self.start, self.audio = None, 0.0
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self.start is None:
+            self.start = time.perf_counter()
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.audio += float(batch["feat_lens"].sum()) * FRAME_SECONDS
+        if trainer.global_step >= STEPS:
+            seconds = time.perf_counter() - self.start
+            with open(OUT, "w") as f:
+                json.dump({"steps": trainer.global_step, "seconds": seconds,
+                           "audio_seconds": self.audio}, f)
+            os._exit(0)
+
+_init = L.Trainer.__init__
+def _with_probe(self, *args, **kwargs):
+    kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), Probe()]
+    _init(self, *args, **kwargs)
+L.Trainer.__init__ = _with_probe
+
+from lowbit_asr.cli import main
+sys.argv = ["lowbit-asr", "train", *sys.argv[1:]]
+main()
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tree", nargs="+", default=["."], help="source trees to compare")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", help="lowbit-asr train overrides")
+    args = parser.parse_args()
+    here = Path.cwd()
+    rows = []
+    for tree in (Path(t).resolve() for t in args.tree):
+        data = tree / "data"
+        if not data.exists():
+            data.symlink_to(here / "data")
+        commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--",
+                                "src", "conf"], capture_output=True, text=True).stdout.strip()
+        results = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "probe.json"
+                env = {**os.environ, "PYTHONPATH": str(tree / "src"), "PROBE_STEPS":
+                       str(args.steps), "PROBE_OUT": str(out), "WANDB_MODE": "disabled"}
+                cmd = [sys.executable, "-c", _PROBE, *args.overrides,
+                       f"trainer.max_steps={args.steps + 1}", f"hydra.run.dir={tmp}/run",
+                       f"output_dir={tmp}/run"]
+                proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+                if not out.exists():
+                    sys.exit(f"{tree}: the run ended before step {args.steps}"
+                             f" (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+                results.append(json.loads(out.read_text()))
+        seconds = statistics.median(r["seconds"] for r in results)
+        audio = results[0]["audio_seconds"]
+        rows.append((tree, commit + ("-dirty" if dirty else ""), args.steps, audio, seconds))
+    print(f"`lowbit-asr train {' '.join(args.overrides)}`, steps 0..{args.steps - 1},"
+          f" median of {args.repeats}\n")
+    print("| tree | commit | steps | audio s | train s | audio s per s | vs first |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    base = rows[0][3] / rows[0][4]
+    for tree, commit, steps, audio, seconds in rows:
+        rate = audio / seconds
+        print(f"| {tree.name} | {commit} | {steps} | {audio:.0f} | {seconds:.1f} | {rate:.1f} |"
+              f" {rate / base:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
