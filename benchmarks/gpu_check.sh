@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared script for a lent GPU machine (a bare image with PyTorch, no network):
 #   1. the CUDA-only test (parametrized LSTM weights under cuDNN),
-#   2. training throughput of conformer_tiny/s/m/l, fp32 and bf16, float and int2 QAT,
+#   2. training throughput of conformer_tiny/s/m/l, fp32 and bf16, full (torchaudio) and pruned
+#      RNN-T loss (step time and peak memory), float and int2 QAT,
 #   3. a Lightning smoke run of `lowbit-asr train` on the GPU in bf16-mixed (float, then int2
 #      QAT initialised from it) and `lowbit-asr evaluate` of both, on the tiny corpus.
 # SKIP_THROUGHPUT=1 skips part 2. Needs: the wheels the image lacks in .whl/ (hydra-core, omegaconf, antlr4, jiwer, rapidfuzz,
@@ -26,16 +27,14 @@ log "CUDA test"
 python3 -m pytest tests/model/test_rnnt.py -m gpu -q -p no:cacheprovider 2>&1 | tail -n 5
 
 if [ -z "${SKIP_THROUGHPUT:-}" ]; then
-log "throughput: LibriSpeech-like batches (sentencepiece 1024, 15 s utterances, 600 s per batch)"
-for precision in fp32 bf16; do
-  python3 benchmarks/train_throughput.py --model conformer_tiny conformer_s conformer_m \
-    conformer_l --device cuda --precision "$precision" --units sentencepiece --vocab 1024 \
-    --utt-seconds 15 --batch-seconds 600 --steps 5 --warmup 2 2>&1 | tail -n 7
-done
-log "throughput: int2 asym g16 QAT, bf16"
+log "throughput: LibriSpeech-like batches (sentencepiece 1024, 15 s utterances, 600 s per batch), fp32/bf16 x full/pruned loss"
+python3 benchmarks/train_throughput.py --model conformer_tiny conformer_s conformer_m \
+  conformer_l --device cuda --precision fp32 bf16 --loss torchaudio pruned --units sentencepiece \
+  --vocab 1024 --utt-seconds 15 --batch-seconds 600 --steps 5 --warmup 2 2>&1 | tail -n 18
+log "throughput: int2 asym g16 QAT, bf16 (the QAT ratio: divide by the float bf16 rows above)"
 python3 benchmarks/train_throughput.py --model conformer_s conformer_l --device cuda \
-  --precision bf16 --units sentencepiece --vocab 1024 --utt-seconds 15 --batch-seconds 600 \
-  --steps 5 --warmup 2 --quantizer int2_asym_g16 2>&1 | tail -n 4
+  --precision bf16 --loss torchaudio pruned --units sentencepiece --vocab 1024 --utt-seconds 15 \
+  --batch-seconds 600 --steps 5 --warmup 2 --quantizer int2_asym_g16 2>&1 | tail -n 6
 fi
 
 log "lowbit-asr train on the GPU, bf16-mixed, tiny corpus (float)"

@@ -7,6 +7,8 @@ A second table times the fake quantization of all weights alone (what QAT adds t
 the straight-through backward is free).
 
     python benchmarks/qat_overhead.py [--model conformer_tiny] [--batch 8] [--seconds 8]
+    python benchmarks/qat_overhead.py --no-loss --no-search --batch 16 --seconds 2   # issue 13:
+        # 6 x 144 Conformer blocks + the LSTM predictor, 16 x 200 frames, no joiner or loss
 
 Variants are interleaved (A, B, C, A, B, C, ...) so drift in machine load hits all alike; the
 median of ``--steps`` timed steps is reported after ``--warmup`` steps. Run it on a quiet
@@ -55,8 +57,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-search", action="store_true", help="skip the clip-search rows")
-    parser.add_argument("--encoder-only", action="store_true",
-                        help="time encoder forward+backward only (no joiner/loss): the worst case")
+    parser.add_argument("--no-loss", action="store_true",
+                        help="encoder + predictor forward+backward only (no joiner, no loss):"
+                             " the largest fake-quant share")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -68,6 +72,13 @@ def main() -> None:
         if args.no_search and "search" in label:
             continue
         variants[label] = prepare(copy.deepcopy(base), QuantPolicy.from_config(config))
+        if "search" not in label:
+            # The same policy with every weight fake-quantized on its own (no shared buckets,
+            # see lowbit_asr.quant.prepare): what batching the weights of one spec buys.
+            alone = prepare(copy.deepcopy(base), QuantPolicy.from_config(config))
+            for _, fq in fake_quant_modules(alone):
+                fq.bucket = None
+            variants[f"{label}, one weight at a time"] = alone
 
     frames = int(args.seconds * 100)
     feats = torch.randn(args.batch, frames, 80)
@@ -77,14 +88,19 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in variants}
     fq_times: dict[str, list[float]] = {k: [] for k in variants if k != "float"}
 
+    sos_targets = torch.cat([torch.zeros_like(targets[:, :1]), targets], dim=1)
+
     def step(model: nn.Module) -> float:
         start = time.perf_counter()
         model.zero_grad(set_to_none=True)
-        if args.encoder_only:
-            enc, _ = model.encode(feats, feat_lens)  # (N, T', E)
-            enc.square().mean().backward()
-        else:
-            model(feats, feat_lens, targets, target_lens)["loss"].backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            if args.no_loss:
+                enc, _ = model.encode(feats, feat_lens)  # (N, T', E)
+                pred, _ = model.predictor(sos_targets)  # (N, U+1, H)
+                loss = enc.float().square().mean() + pred.float().square().mean()
+            else:
+                loss = model(feats, feat_lens, targets, target_lens)["loss"]
+        loss.backward()
         return time.perf_counter() - start
 
     def fake_quant_all(model: nn.Module) -> float:
@@ -105,10 +121,11 @@ def main() -> None:
 
     float_ms = statistics.median(times["float"]) * 1e3
     report = size_report(base, QuantPolicy.from_config(POLICIES["int2 asym g16"]))
-    what = "encoder only" if args.encoder_only else "full RNN-T loss"
+    what = "encoder + predictor, no loss" if args.no_loss else "full RNN-T loss"
     print(f"model: {args.model} ({what}), {count_parameters(base) / 1e6:.2f} M params"
           f" (vocab {args.vocab});"
-          f" batch {args.batch} × {args.seconds:g} s, U = {args.tokens}; {args.threads} threads;"
+          f" batch {args.batch} × {args.seconds:g} s, U = {args.tokens}; {args.precision};"
+          f" {args.threads} threads;"
           f" torch {torch.__version__}")
     print(f"int2 asym g16: {report.total_mb:.3f} MB vs float32"
           f" {report.float32_bytes / 1e6:.3f} MB\n")

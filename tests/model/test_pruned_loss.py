@@ -102,7 +102,8 @@ def test_a_narrow_band_bounds_the_full_loss_and_has_exact_gradients(prune_range:
     full = rnnt_nll(joiner(enc[:, :, None, :], pred[:, None, :, :]), targets, LOGIT_LENS,
                     TARGET_LENS)
     assert bool((pruned >= full - 1e-9).all())
-    assert float(pruned[0].detach()) > float(full[0].detach()) + 1e-6  # U = 5 > prune_range - 1: really pruned
+    # U = 5 > prune_range - 1: really pruned
+    assert float(pruned[0].detach()) > float(full[0].detach()) + 1e-6
     torch.testing.assert_close(pruned[2], full[2])  # U = 0: the band holds every node
     leaf = logits.detach().requires_grad_(True)
     assert torch.autograd.gradcheck(

@@ -234,3 +234,65 @@ def test_two_dimensional_biases_stay_float():
     with pytest.raises(ValueError, match="matches no quantizable weight"):
         QuantPolicy.from_config({"rules": [{"pattern": "*pos_bias*", "spec": {"bits": 8}}]}).plan(
             RelPosBias())
+
+
+def _bucketed(model: nn.Module) -> dict[str, object]:
+    return {name: fq.bucket for name, fq in fake_quant_modules(model) if fq.bucket is not None}
+
+
+def test_weights_sharing_a_spec_are_fake_quantized_together_and_bit_identically():
+    """Weights of one spec and group size share a bucket (one pass for all of them); each
+    weight equals fake_quantize() of its master alone, before and after an update."""
+    model = prepare(_zoo(), _policy())
+    buckets = _bucketed(model)
+    # group 8, 2-bit asymmetric: proj, mha (2), pointwise, embedding, lstm ih (2), joiner; and
+    # the two 3-bit lstm hh weights. conv2d and depthwise are alone with their specs.
+    groups = {}
+    for name, bucket in buckets.items():
+        groups.setdefault(id(bucket), []).append(name)
+    assert sorted(map(len, groups.values())) == [2, 8]
+    assert "conv2d.weight" not in buckets and "depthwise.weight" not in buckets
+
+    def check() -> None:
+        for name, fq in fake_quant_modules(model):
+            module, attr = name.rsplit(".", 1)
+            owner = model.get_submodule(module)
+            master = owner.parametrizations[attr].original
+            expect = fake_quantize(master, fq.spec, name, fq.group_size)
+            assert torch.equal(getattr(owner, attr), expect), name
+
+    check()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(*_inputs()).square().sum().backward()
+    opt.step()  # every master changes in place: the cached weights must not be reused
+    check()
+
+
+def test_bucketed_gradients_pass_straight_through_and_survive_a_second_backward():
+    """The STE gradient of each bucketed weight equals the unbucketed one; two forward/backward
+    passes without a step (gradient accumulation) reuse the cached weights and accumulate."""
+    plain = prepare(_zoo(), _policy())
+    for _, fq in fake_quant_modules(plain):
+        fq.bucket = None
+    bucketed = prepare(_zoo(), _policy())
+    for model in (plain, bucketed):
+        for _ in range(2):
+            model(*_inputs()).square().sum().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), bucketed.named_parameters(),
+                                 strict=True):
+        assert a.grad is not None and torch.equal(a.grad, b.grad), name
+
+
+def test_buckets_follow_deepcopy_and_clip_search_is_not_bucketed():
+    model = prepare(_zoo(), _policy())
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.mul_(2)
+    out_model, out_clone = model(*_inputs()), clone(*_inputs())
+    assert not torch.equal(out_model, out_clone)  # the clone reads its own masters
+    searched = prepare(_zoo(), QuantPolicy.from_config({
+        "default": {"bits": 2, "symmetric": False, "group_size": 8,
+                    "clip_search": {"min": 0.5, "steps": 4}},
+        "indivisible": "per_channel"}))
+    assert not _bucketed(searched)

@@ -1,11 +1,13 @@
-"""RNN-T negative log-likelihood in plain PyTorch (autograd), an alternative to torchaudio's.
+"""RNN-T negative log-likelihood in plain PyTorch, full and pruned, an alternative to torchaudio's.
 
 Why it exists: on CPU, ``torchaudio.functional.rnnt_loss`` is slow (it computes the gradient in
-its forward); this version vectorises one time step over the batch and all label
-positions and lets autograd do the backward. Measured on logits (8, 399, 81, 256), i.e. 8 x 16 s
-at 40 ms frames and 80 tokens, 2 shared CPU cores: forward + backward 1.7 s vs 6.0 s for
-torchaudio. Values and gradients agree with torchaudio to float32 round-off (tested; both are
-~1e-3 off a float64 reference on that example, where the loss is ~2000 per utterance).
+its forward); this version vectorises one time step over the batch and all label positions.
+Measured on logits (8, 399, 81, 256), i.e. 8 x 16 s at 40 ms frames and 80 tokens, 2 shared CPU
+cores, with autograd through the recursion: forward + backward 1.7 s vs 6.0 s for torchaudio; the
+backward is now written out (``_BandNLL``: posterior occupations from a backward-variable
+recursion), which is faster still. Values and gradients agree with torchaudio to float32
+round-off (tested; both are ~1e-3 off a float64 reference on that example, where the loss is
+~2000 per utterance). The pruned loss (below) runs the same recursion on a band of the lattice.
 
 Recursion (Graves 2012), with ``b[t, u]`` the blank and ``y[t, u]`` the label log-probability:
 
@@ -100,8 +102,8 @@ def forward_rows(
 # Written here in PyTorch rather than taken from k2 or fast_rnnt: k2 has no wheel for Python 3.11
 # / torch 2.14 on PyPI, and fast_rnnt 1.3 (2023, no wheels) compiles against torch 2.14.1 only
 # with four build workarounds tied to the CUDA toolkit's layout (README, "Pruned RNN-T loss").
-# These functions are the same recursion as ``rnnt_nll`` above, so they run on any device torch
-# runs on and are differentiated by autograd.
+# The pruned band uses the same recursion as the full lattice (``_BandNLL``, whose backward is
+# written out), so it runs on any device torch runs on.
 #
 # The three steps:
 # 1. ``simple_lattice``: a "simple" joiner that only adds an acoustic (N, T, V) and a language
@@ -273,7 +275,8 @@ def simple_lattice(
     lm_exp = (lm - lm_max).exp()
     tiny = torch.finfo(am.dtype).tiny
     # (N, T, U+1): logsumexp over v of am[t, v] + lm[u, v], as one bmm of the exponentials.
-    norm = (torch.bmm(am_exp, lm_exp.transpose(1, 2)) + tiny).log() + am_max + lm_max.transpose(1, 2)
+    norm = (torch.bmm(am_exp, lm_exp.transpose(1, 2)) + tiny).log()
+    norm = norm + am_max + lm_max.transpose(1, 2)
     labels = torch.cat([targets.long(), targets.new_full((n, 1), blank).long()], dim=1)  # (N, U+1)
     am_label = am.gather(-1, labels[:, None, :].expand(-1, am.size(1), -1))  # (N, T, U+1)
     lm_label = lm.gather(-1, labels[..., None]).squeeze(-1)  # (N, U+1)

@@ -228,10 +228,14 @@ class RNNTModule(L.LightningModule):
         return float(totals[0] / totals[1].clamp_min(1))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Loss and decoded WER counts on the dev split."""
-        out = self.model(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"])
-        self.log("val/loss", out["loss"], batch_size=batch["feats"].size(0), sync_dist=True)
-        self._evaluate(batch, "val")
+        """Loss and decoded WER counts on the dev split, in float32 whatever
+        ``trainer.precision`` trains in (as the test stage, ``lowbit-asr evaluate`` and packed
+        files decode), so that the dev curve measures the model the run ships."""
+        with torch.autocast(self.device.type, enabled=False):
+            out = self.model(batch["feats"], batch["feat_lens"], batch["targets"],
+                             batch["target_lens"])
+            self.log("val/loss", out["loss"], batch_size=batch["feats"].size(0), sync_dist=True)
+            self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/wer`` (corpus-level, summed over ranks)."""

@@ -1,0 +1,85 @@
+"""Run one training command twice and compare every number it produced: is a seeded CPU run
+repeatable, bit for bit?
+
+    python benchmarks/repeat_run.py -- experiment=float_mini trainer.max_steps=300 \
+        trainer.val_check_interval=100
+
+Both runs write into fresh folders under ``--out`` (default ``runs/repeat/``). Compared: every
+logged metric at every step (``csv/metrics.csv``, except the wall-clock columns ``time/*``), the
+results row's WERs, confidence intervals and size, the per-utterance hypotheses and error counts
+of the test evaluation (``eval/<split>/utterances.tsv``), and the final checkpoint's weights.
+Prints a markdown table and exits 1 if anything differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+WALL_CLOCK = ("time/", "train_seconds", "rtf", "decode_seconds", "seconds")
+
+
+def _metrics(run: Path) -> dict[tuple[str, str], str]:
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    return {(r["step"], k): v for r in rows for k, v in r.items()
+            if v != "" and k != "step" and not k.startswith(WALL_CLOCK)}
+
+
+def _results(run: Path) -> dict[str, object]:
+    row = json.loads((run / "results.json").read_text())
+    return {k: row[k] for k in ("wer", "wer_ci", "size_bytes", "steps", "status")}
+
+
+def _utterances(run: Path) -> dict[str, list[str]]:
+    """Every test split's per-utterance table (hypothesis, error counts, NLL), line by line."""
+    return {path.parent.name: path.read_text().splitlines()
+            for path in sorted((run / "eval").glob("*/utterances.tsv"))}
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt["state_dict"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/repeat")
+    parser.add_argument("overrides", nargs="*", help="lowbit-asr train overrides")
+    args = parser.parse_args()
+    runs = [Path(args.out) / name for name in ("a", "b")]
+    for run in runs:
+        if run.exists():
+            sys.exit(f"{run} exists: pick another --out")
+    for run in runs:
+        subprocess.run(["lowbit-asr", "train", *args.overrides, f"hydra.run.dir={run}",
+                        f"output_dir={run}"], check=True)
+    a, b = runs
+    checks = []
+    ma, mb = _metrics(a), _metrics(b)
+    checks.append(("logged metrics (every step, every column but time/*)", len(ma),
+                   ma == mb))
+    ra, rb = _results(a), _results(b)
+    checks.append((f"results row: WER, CI, size, steps ({json.dumps(ra['wer'])})", len(ra),
+                   ra == rb))
+    ua, ub = _utterances(a), _utterances(b)
+    checks.append(("per-utterance hypotheses, error counts and NLLs",
+                   sum(map(len, ua.values())) - len(ua), bool(ua) and ua == ub))
+    wa, wb = _weights(a), _weights(b)
+    same = wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    checks.append(("last.ckpt weights and buffers", len(wa), same))
+    print(f"`lowbit-asr train {' '.join(args.overrides)}`, twice ({a}, {b})\n")
+    print("| compared | items | identical |")
+    print("|---|---:|---|")
+    for what, n, ok in checks:
+        print(f"| {what} | {n} | {'yes' if ok else '**no**'} |")
+    sys.exit(0 if all(ok for _, _, ok in checks) else 1)
+
+
+if __name__ == "__main__":
+    main()
