@@ -5,11 +5,12 @@ trained per second over the first ``--steps`` optimiser steps of ``lowbit-asr tr
 
 Each source tree (a checkout of this repository, e.g. an older commit from ``git worktree add``)
 runs the same command in its own process with its own ``src/`` on ``PYTHONPATH`` and its own
-``conf/``, one after the other, so that the rows compare code, not machines or moments. The corpus
-is the one under ``data/`` of the tree it is run from (linked into the others where they lack
-it). A callback added to Lightning's Trainer times steps 0 .. N-1 (data loading included) and sums
-their audio, then ends the process: no validation or test runs are timed or waited for.
-Prints a markdown table (median of ``--repeats`` runs per tree).
+``conf/``, interleaved over ``--repeats`` (A, B, A, B, ...), so that the rows compare code, not
+machines or moments. The corpus is the one under ``data/`` of the tree it is run from (linked
+into the others where they lack it). A callback added to Lightning's Trainer times steps
+0 .. N-1 (data loading included) and sums their audio, then ends the process: no validation or
+test runs are timed or waited for.
+Prints a markdown table (median of the repeats per tree, and their range).
 """
 
 from __future__ import annotations
@@ -59,6 +60,21 @@ main()
 """
 
 
+def _measure(tree: Path, steps: int, overrides: list[str]) -> dict:
+    """One run of the command in ``tree``: its steps, seconds and audio seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "probe.json"
+        env = {**os.environ, "PYTHONPATH": str(tree / "src"), "PROBE_STEPS": str(steps),
+               "PROBE_OUT": str(out), "WANDB_MODE": "disabled"}
+        cmd = [sys.executable, "-c", _PROBE, *overrides, f"trainer.max_steps={steps + 1}",
+               f"hydra.run.dir={tmp}/run", f"output_dir={tmp}/run"]
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+        if not out.exists():
+            sys.exit(f"{tree}: the run ended before step {steps} (exit {proc.returncode}):\n"
+                     f"{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", nargs="+", default=["."], help="source trees to compare")
@@ -67,41 +83,37 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="lowbit-asr train overrides")
     args = parser.parse_args()
     here = Path.cwd()
-    rows = []
-    for tree in (Path(t).resolve() for t in args.tree):
+    trees = [Path(t).resolve() for t in args.tree]
+    results: dict[Path, list[dict]] = {tree: [] for tree in trees}
+    for tree in trees:
         data = tree / "data"
         if not data.exists():
             data.symlink_to(here / "data")
+    # Interleaved (A, B, A, B, ...): drift in the machine's speed hits every tree alike.
+    for _ in range(args.repeats):
+        for tree in trees:
+            results[tree].append(_measure(tree, args.steps, args.overrides))
+    rows = []
+    for tree in trees:
         commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--",
                                 "src", "conf"], capture_output=True, text=True).stdout.strip()
-        results = []
-        for _ in range(args.repeats):
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "probe.json"
-                env = {**os.environ, "PYTHONPATH": str(tree / "src"), "PROBE_STEPS":
-                       str(args.steps), "PROBE_OUT": str(out), "WANDB_MODE": "disabled"}
-                cmd = [sys.executable, "-c", _PROBE, *args.overrides,
-                       f"trainer.max_steps={args.steps + 1}", f"hydra.run.dir={tmp}/run",
-                       f"output_dir={tmp}/run"]
-                proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-                if not out.exists():
-                    sys.exit(f"{tree}: the run ended before step {args.steps}"
-                             f" (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-                results.append(json.loads(out.read_text()))
-        seconds = statistics.median(r["seconds"] for r in results)
-        audio = results[0]["audio_seconds"]
-        rows.append((tree, commit + ("-dirty" if dirty else ""), args.steps, audio, seconds))
+        seconds = statistics.median(r["seconds"] for r in results[tree])
+        audio = results[tree][0]["audio_seconds"]
+        spread = (min(r["seconds"] for r in results[tree]),
+                  max(r["seconds"] for r in results[tree]))
+        rows.append((tree, commit + ("-dirty" if dirty else ""), args.steps, audio, seconds,
+                     spread))
     print(f"`lowbit-asr train {' '.join(args.overrides)}`, steps 0..{args.steps - 1},"
           f" median of {args.repeats}\n")
-    print("| tree | commit | steps | audio s | train s | audio s per s | vs first |")
+    print("| tree | commit | steps | audio s | train s (min–max) | audio s per s | vs first |")
     print("|---|---|---:|---:|---:|---:|---:|")
     base = rows[0][3] / rows[0][4]
-    for tree, commit, steps, audio, seconds in rows:
+    for tree, commit, steps, audio, seconds, (low, high) in rows:
         rate = audio / seconds
-        print(f"| {tree.name} | {commit} | {steps} | {audio:.0f} | {seconds:.1f} | {rate:.1f} |"
-              f" {rate / base:.2f}× |")
+        print(f"| {tree.name} | {commit} | {steps} | {audio:.0f} | {seconds:.1f} ({low:.1f}–"
+              f"{high:.1f}) | {rate:.1f} | {rate / base:.2f}× |")
 
 
 if __name__ == "__main__":
