@@ -90,7 +90,12 @@ def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
 def build_optimizer(
     named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only (>= 2 dims)."""
+    """AdamW with weight decay on weight matrices only (>= 2 dims).
+
+    The fused implementation where every parameter is on a CPU or CUDA device: one kernel per
+    step instead of ~8 per parameter (the per-parameter loop was ~12% of a short-utterance CPU
+    step of ``float_mini``).
+    """
     decay, no_decay = [], []
     for _, param in named_params:
         if not param.requires_grad:
@@ -100,4 +105,6 @@ def build_optimizer(
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                             fused=fused or None)
