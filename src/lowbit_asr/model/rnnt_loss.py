@@ -121,24 +121,37 @@ arise; exp() of it is 0 in float32)."""
 
 
 def _band_alpha(blank_lp: Tensor, label_cum: Tensor, shift: Tensor | None) -> Tensor:
-    """Forward variables (N, T, R) of a band; ``shift`` (N, T-1) moves of the window (None: 0)."""
+    """Forward variables (N, T, R) of a band; ``shift`` (N, T-1) moves of the window (None: 0).
+
+    The loop carries ``a[t] = alpha[t] - c[t]`` so that each frame costs as few ops as possible
+    (the recursion is T sequential steps over tensors of only N x R elements, so op dispatch,
+    not arithmetic, is its cost): ``a[t] = logcumsumexp(align(a[t-1] + c[t-1] + b[t-1]) - c[t])``,
+    with everything but the alignment precomputed for all frames at once.
+    """
     n, t, r = blank_lp.shape
+    carry = (label_cum + blank_lp).unbind(dim=1)  # alpha[t] + b[t] = a[t] + carry[t]
+    if shift is None:
+        # No alignment: a[t] = logcumsumexp(a[t-1] + (c[t-1] + b[t-1] - c[t])).
+        step_in = (torch.cat([label_cum[:, :1], label_cum[:, :-1] + blank_lp[:, :-1]], dim=1)
+                   - label_cum).unbind(dim=1)
+        a = blank_lp.new_zeros(n, r)  # a[0] = alpha[0] - c[0] = 0
+        out = [a]
+        for step in range(1, t):
+            a = torch.logcumsumexp(a + step_in[step], dim=-1)
+            out.append(a)
+        return torch.stack(out, dim=1) + label_cum
     pad = blank_lp.new_full((n, r - 1), _UNREACHABLE)
-    index = None if shift is None else (
-        torch.arange(r, device=blank_lp.device) + shift[..., None]).unbind(dim=1)
-    blank_steps, cum_steps = blank_lp.unbind(dim=1), label_cum.unbind(dim=1)
-    alpha = cum_steps[0]  # frame 0: the window starts at node 0; only labels reach k
-    alphas = [alpha]
+    index = (torch.arange(r, device=blank_lp.device) + shift[..., None]).unbind(dim=1)
+    cum = label_cum.unbind(dim=1)
+    a = blank_lp.new_zeros(n, r)
+    out = [a]
     for step in range(1, t):
-        prev = alpha + blank_steps[step - 1]
-        if index is not None:
-            # Align the previous frame's window with this one's: gather from
-            # [prev, unreachable x (R-1)] at k + shift.
-            prev = torch.cat([prev, pad], dim=1).gather(1, index[step - 1])
-        c = cum_steps[step]
-        alpha = torch.logcumsumexp(prev - c, dim=-1) + c
-        alphas.append(alpha)
-    return torch.stack(alphas, dim=1)
+        # Align the previous frame's window with this one's: gather from
+        # [alpha + b, unreachable x (R-1)] at k + shift.
+        prev = torch.cat([a + carry[step - 1], pad], dim=1).gather(1, index[step - 1])
+        a = torch.logcumsumexp(prev - cum[step], dim=-1)
+        out.append(a)
+    return torch.stack(out, dim=1) + label_cum
 
 
 def _band_beta(
@@ -148,33 +161,41 @@ def _band_beta(
     reverse cumulative sums are plain ``logcumsumexp`` and the window alignment is the same
     gather as in ``_band_alpha``. Returns (beta, after_blank) (N, T, R) in the band's order:
     ``beta[t, k]`` = log P(rest | node (t, k)) and ``after_blank[t, k]`` = the beta of the node a
-    blank from (t, k) leads to (0 for the final blank, unreachable outside the band)."""
+    blank from (t, k) leads to (0 for the final blank, unreachable outside the band).
+
+    The loop carries ``g[t] = beta[t] + c[t]`` (reversed): ``g[t] = logcumsumexp(next[t] + b[t]
+    + c[t])`` with ``next[t] = align(g[t+1]) - c[t+1]`` or, on an utterance's last frame, the
+    virtual final node; frames after an utterance's end stay unreachable.
+    """
     n, t, r = blank_lp.shape
     dev = blank_lp.device
     rows = torch.arange(n, device=dev)
-    blank_rev = blank_lp.flip(-1).unbind(dim=1)
-    cum_rev = label_cum.flip(-1).unbind(dim=1)
-    pad = blank_lp.new_full((n, r - 1), _UNREACHABLE)
-    index = None if shift is None else (torch.arange(r, device=dev) + shift[..., None]).unbind(1)
+    blank_rev, cum_rev = blank_lp.flip(-1), label_cum.flip(-1)
+    into = (blank_rev + cum_rev).unbind(dim=1)  # g[t] = logcumsumexp(next[t] + into[t])
+    cum = cum_rev.unbind(dim=1)
     final = blank_lp.new_full((n, r), _UNREACHABLE)
     final[rows, r - 1 - last_k] = 0.0  # the virtual node after the last blank
-    ends = (last_t[:, None] == torch.arange(t, device=dev)).unbind(dim=1)  # t x (N,)
-    beta = blank_lp.new_full((n, r), _UNREACHABLE)
-    betas, nexts = [], []
+    ending = last_t.tolist()
+    ends_at = {step: torch.tensor([e == step for e in ending], device=dev)[:, None]
+               for step in set(ending)}
+    pad = blank_lp.new_full((n, r - 1), _UNREACHABLE)
+    index = None if shift is None else (torch.arange(r, device=dev) + shift[..., None]).unbind(1)
+    nxt = blank_lp.new_full((n, r), _UNREACHABLE)
+    gs, nexts = [], []
     for step in range(t - 1, -1, -1):
-        if step == t - 1 or index is None:
-            nxt = beta
-        else:
-            # beta[t+1] at position k - shift, i.e. k' + shift in reversed order.
-            nxt = torch.cat([beta, pad], dim=1).gather(1, index[step])
-        nxt = torch.where(ends[step][:, None], final, nxt)
-        c = cum_rev[step]
-        beta = torch.logcumsumexp(nxt + blank_rev[step] + c, dim=-1) - c
-        betas.append(beta)
+        if step < t - 1:
+            if index is None:
+                nxt = gs[-1] - cum[step + 1]
+            else:
+                # beta[t+1] at position k - shift, i.e. k' + shift in reversed order.
+                nxt = torch.cat([gs[-1] - cum[step + 1], pad], dim=1).gather(1, index[step])
+        if step in ends_at:
+            nxt = torch.where(ends_at[step], final, nxt)
+        gs.append(torch.logcumsumexp(nxt + into[step], dim=-1))
         nexts.append(nxt)
-    beta_t = torch.stack(betas[::-1], dim=1).flip(-1)
+    beta = (torch.stack(gs[::-1], dim=1) - cum_rev).flip(-1)
     after_blank = torch.stack(nexts[::-1], dim=1).flip(-1)
-    return beta_t, after_blank
+    return beta, after_blank
 
 
 def _label_cum(label_lp: Tensor) -> Tensor:
