@@ -72,13 +72,6 @@ def main() -> None:
         if args.no_search and "search" in label:
             continue
         variants[label] = prepare(copy.deepcopy(base), QuantPolicy.from_config(config))
-        if "search" not in label:
-            # The same policy with every weight fake-quantized on its own (no shared buckets,
-            # see lowbit_asr.quant.prepare): what batching the weights of one spec buys.
-            alone = prepare(copy.deepcopy(base), QuantPolicy.from_config(config))
-            for _, fq in fake_quant_modules(alone):
-                fq.bucket = None
-            variants[f"{label}, one weight at a time"] = alone
 
     frames = int(args.seconds * 100)
     feats = torch.randn(args.batch, frames, 80)

@@ -218,30 +218,3 @@ def fake_quantize(
     g = resolve_group_size(weight, spec, name) if group_size is None else group_size
     return _FakeQuantSTE.apply(weight, spec, g)
 
-
-class _RowsFakeQuantSTE(torch.autograd.Function):
-    """Several weights with one spec and group size, quantize-dequantized as one (R, g) tensor
-    of their rows; the gradient of each passes straight through to its weight."""
-
-    @staticmethod
-    def forward(ctx, spec: QuantSpec, group_size: int, *weights: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
-        ctx.set_materialize_grads(False)
-        rows = torch.cat([w.detach().to(torch.float32).reshape(-1, group_size) for w in weights])
-        w_hat, _, _ = _fake_quant_groups(rows[:, None, :], spec, float(spec.clip))
-        parts = w_hat.reshape(-1).split([w.numel() for w in weights])
-        return tuple(part.view(w.shape).to(w.dtype) for part, w in zip(parts, weights, strict=True))
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        return (None, None, *grads)
-
-
-def fake_quantize_rows(
-    weights: list[Tensor], spec: QuantSpec, group_size: int
-) -> tuple[Tensor, ...]:
-    """``fake_quantize`` of each weight (each numel a multiple of ``group_size``), computed
-    in one pass over all of them; bit-identical to one call per weight. No clip search."""
-    if spec.clip_search is not None:
-        raise ValueError("fake_quantize_rows: clip search compares errors per tensor; quantize"
-                         " such weights one at a time")
-    return _RowsFakeQuantSTE.apply(spec, group_size, *weights)

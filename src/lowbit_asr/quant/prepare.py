@@ -12,11 +12,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from lowbit_asr.quant.fake_quant import fake_quantize, fake_quantize_rows
+from lowbit_asr.quant.fake_quant import fake_quantize
 from lowbit_asr.quant.policy import QuantPolicy, logical_name
 from lowbit_asr.quant.spec import QuantSpec
 
@@ -34,62 +33,16 @@ class FakeQuantize(nn.Module):
         self.group_size = group_size
         self.param_name = name
         self.enabled = True
-        self.bucket: _Bucket | None = None
-        """Set by :func:`prepare` when other weights share this spec and group size."""
 
     def forward(self, weight: Tensor) -> Tensor:
         """Quantize-dequantize ``weight`` (or pass it through when disabled)."""
         if not self.enabled:
             return weight
-        if self.bucket is not None:
-            out = self.bucket.fake_quantized(self, weight)
-            if out is not None:
-                return out
         return fake_quantize(weight, self.spec, self.param_name, self.group_size)
 
     def extra_repr(self) -> str:
         state = "" if self.enabled else ", disabled"
         return f"{self.spec.short()}, group_size={self.group_size}{state}"
-
-
-class _Bucket:
-    """Weights that share a spec and a group size, fake-quantized together as one
-    (sum of O·G, g) tensor: one chain of ~15 element-wise ops for the bucket instead of one per
-    weight (a model's ~70 weights made op dispatch most of the fake-quant time on a CPU).
-
-    The first member read in a forward computes every member's weight; the others take theirs
-    from the cache, which holds while no master weight has changed (their version counters, which
-    every in-place update such as an optimiser step or ``load_state_dict`` increments) and the
-    grad mode is the same. Each group is computed exactly as alone (the math is per group), so
-    the values are bit-identical to :func:`fake_quantize` per weight. Specs with clip search
-    (whose error is summed per tensor or channel) are not bucketed.
-    """
-
-    def __init__(self, spec: QuantSpec, group_size: int) -> None:
-        self.spec = spec
-        self.group_size = group_size
-        self.members: list[tuple[FakeQuantize, parametrize.ParametrizationList]] = []
-        self._cache: dict[int, tuple[tuple[int, int, bool], Tensor]] = {}
-
-    @staticmethod
-    def _key(weight: Tensor) -> tuple[int, int, bool]:
-        return id(weight), weight._version, torch.is_grad_enabled()
-
-    def fake_quantized(self, member: FakeQuantize, weight: Tensor) -> Tensor | None:
-        """``member``'s quantize-dequantized weight (None when ``weight`` is not its master
-        weight: the caller then computes it alone)."""
-        cached = self._cache.get(id(member))
-        if cached is not None and cached[0] == self._key(weight):
-            return cached[1]
-        originals = [plist.original for _, plist in self.members]
-        if not any(weight is p for p in originals):
-            return None
-        outputs = fake_quantize_rows(originals, self.spec, self.group_size)
-        self._cache = {
-            id(m): (self._key(p), out)
-            for (m, _), p, out in zip(self.members, originals, outputs, strict=True)
-        }
-        return self._cache[id(member)][1]
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -105,22 +58,14 @@ def prepare(model: nn.Module, policy: QuantPolicy) -> nn.Module:
     """
     if any(True for _ in fake_quant_modules(model)):
         raise ValueError(f"{type(model).__name__} is already prepared for fake quantization")
-    buckets: dict[tuple[QuantSpec, int], _Bucket] = {}
     for item in policy.plan(model):
         if item.spec is None:
             continue
         module, attr = _owner(model, item.name)
         assert item.group_size is not None
-        fq = FakeQuantize(item.spec, item.group_size, item.name)
-        parametrize.register_parametrization(module, attr, fq)
-        if item.spec.clip_search is None:
-            bucket = buckets.setdefault((item.spec, item.group_size),
-                                        _Bucket(item.spec, item.group_size))
-            bucket.members.append((fq, module.parametrizations[attr]))
-    for bucket in buckets.values():
-        if len(bucket.members) > 1:
-            for fq, _ in bucket.members:
-                fq.bucket = bucket
+        parametrize.register_parametrization(
+            module, attr, FakeQuantize(item.spec, item.group_size, item.name)
+        )
     return model
 
 
