@@ -57,7 +57,8 @@ def main() -> None:
         if run.exists():
             sys.exit(f"{run} exists: pick another --out")
     for run in runs:
-        subprocess.run(["lowbit-asr", "train", *args.overrides, f"hydra.run.dir={run}",
+        subprocess.run([str(Path(sys.executable).parent / "lowbit-asr"), "train",
+                        *args.overrides, f"hydra.run.dir={run}",
                         f"output_dir={run}"], check=True)
     a, b = runs
     checks = []
