@@ -62,6 +62,10 @@ def test_experiment_is_a_delta_over_defaults(tmp_path):
     assert float_mini["dataset"]["tokenizer"]["units"] == "char"
     assert float_mini["dataset"]["perturb"]["speed"] == [0.9, 1.1]
     assert base["dataset"]["perturb"]["speed"] == [1.0, 1.0]
+    assert float_mini["model"]["rnnt_loss_impl"] == "pruned"
+    assert float_mini["trainer"]["precision"] == "bf16-mixed"
+    qat = _compose("experiment=qat_mini", "init.checkpoint=x.ckpt", root=tmp_path)
+    assert qat["model"]["rnnt_loss_impl"] == "pruned"
 
 
 @pytest.mark.parametrize("overrides,message", [

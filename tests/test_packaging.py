@@ -77,4 +77,4 @@ def test_a_wheel_install_runs_the_hydra_commands(tmp_path):
     job = subprocess.run([str(venv / "bin" / "lowbit-asr"), "train", "experiment=float_mini",
                           "--cfg", "job"], capture_output=True, text=True, cwd=work, env=env)
     assert job.returncode == 0, job.stderr
-    assert "normalisation: utterance" in job.stdout and "max_steps: 7000" in job.stdout
+    assert "normalisation: utterance" in job.stdout and "max_steps: 8000" in job.stdout

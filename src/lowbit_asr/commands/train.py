@@ -176,7 +176,7 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     module = RNNTModule(
         model=plain["model"], tokenizer=data.tokenizer.state_dict(), quantizer=plain["quantizer"],
         optim=plain.get("optim"), fake_quant_after_steps=cfg.init.fake_quant_after_steps,
-        test_split_names=list(data.test_split_names),
+        test_split_names=list(data.test_split_names), loss_warmup=init is None,
     )
     if init:
         init_from_float(module, init, cfg.init.checkpoint)

@@ -203,7 +203,9 @@ class PrunedLossConfig:
     am_scale: float = 0.0
     """Share of the AM-only log-probabilities in the simple lattice (k2's ``am_only_scale``)."""
     warmup_steps: int = 2000
-    """Optimiser steps over which the loss scales move to their final values (0 = none)."""
+    """Optimiser steps over which the loss scales move to their final values (0 = none). A run
+    initialised from a float checkpoint (``init.mode=float_ckpt``, e.g. QAT) skips the warm-up:
+    its simple joiner is already trained."""
 
     def __post_init__(self) -> None:
         p = "pruned"

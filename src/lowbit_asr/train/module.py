@@ -40,6 +40,7 @@ class RNNTModule(L.LightningModule):
         optim: dict[str, Any] | None = None,
         fake_quant_after_steps: int = 0,
         test_split_names: list[str] | None = None,
+        loss_warmup: bool = True,
     ) -> None:
         super().__init__()
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
@@ -51,6 +52,9 @@ class RNNTModule(L.LightningModule):
         self.optim_cfg = OptimConfig(**(optim or {}))
         self.fake_quant_after_steps = fake_quant_after_steps
         self.test_split_names = list(test_split_names or [])
+        self.loss_warmup = loss_warmup
+        """Whether the loss-scale warm-up of ``model.pruned`` runs (from scratch); a run
+        initialised from a float checkpoint starts with a trained simple joiner and skips it."""
         self._counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._train_start: float | None = None
         self._seconds_before = 0.0  # training seconds of earlier attempts (from a checkpoint)
@@ -100,7 +104,7 @@ class RNNTModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """RNN-T (+ auxiliary CTC) loss of one batch."""
         out = self.model(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"],
-                         step=self.global_step)
+                         step=self.global_step if self.loss_warmup else None)
         n = batch["feats"].size(0)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
         self.log("train/rnnt_loss", out["rnnt_loss"], batch_size=n)
