@@ -48,3 +48,26 @@ def test_a_different_front_end_is_refused_naming_the_key() -> None:
         init_from_float(_module(), ckpt, "float.ckpt")
     # A key written out on one side and left to its default on the other is no difference.
     init_from_float(_module({"normalisation": "global"}), _checkpoint(_module()), "float.ckpt")
+
+
+@pytest.mark.parametrize("loss_warmup", [True, False])
+def test_a_run_from_a_float_checkpoint_skips_the_pruned_loss_warmup(loss_warmup, monkeypatch):
+    """training_step hands the model its step during a from-scratch run's warm-up, and None
+    (the final loss scales) when the module was built for a run initialised from a float
+    checkpoint (`lowbit-asr train` passes loss_warmup=False then)."""
+    module = RNNTModule(model={**TINY, "rnnt_loss_impl": "pruned"},
+                        tokenizer=CharTokenizer().state_dict(), loss_warmup=loss_warmup)
+    seen = []
+
+    def fake_forward(*args, step=None):
+        seen.append(step)
+        zero = torch.zeros((), requires_grad=True)
+        return {"loss": zero, "rnnt_loss": zero, "ctc_loss": zero, "simple_loss": zero}
+
+    monkeypatch.setattr(module.model, "forward", fake_forward)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    batch = {"feats": torch.zeros(1, 8, N_MELS), "feat_lens": torch.tensor([8]),
+             "targets": torch.tensor([[1]]), "target_lens": torch.tensor([1]), "ids": ["u"]}
+    module.training_step(batch, 0)
+    assert seen == [0 if loss_warmup else None]
+    assert module.hparams["loss_warmup"] is loss_warmup  # kept in checkpoints, so resumes agree
