@@ -26,7 +26,8 @@ DECODING_METHODS = ("greedy", "beam")
 """Supported search algorithms."""
 
 RNNT_LOSS_IMPLS = ("torchaudio", "torch", "pruned")
-"""Implementations of the RNN-T loss: torchaudio's fused kernel or ``rnnt_loss.rnnt_nll``."""
+"""Implementations of the RNN-T loss: torchaudio's fused kernel and ``rnnt_loss.rnnt_nll`` on
+the full lattice, or the pruned loss (``RNNT._pruned_losses``)."""
 
 NORMALISATIONS = ("global", "utterance")
 """``global``: subtract the train mean; ``utterance``: subtract each utterance's own mean (per
