@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from lowbit_asr.train.checkpoint import read_checkpoint
+
 WALL_CLOCK = ("time/", "train_seconds", "rtf", "decode_seconds", "seconds")
 
 
@@ -43,8 +45,7 @@ def _utterances(run: Path) -> dict[str, list[str]]:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    return ckpt["state_dict"]
+    return read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
 
 
 def main() -> None:

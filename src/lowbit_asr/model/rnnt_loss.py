@@ -51,18 +51,24 @@ def rnnt_nll(
     return lattice_nll(blank_lp, label_lp, logit_lengths, target_lengths)
 
 
-def lattice_log_probs(logits: Tensor, targets: Tensor, blank: int = 0) -> tuple[Tensor, Tensor]:
-    """Blank and next-label log-probabilities (N, T, U+1) each from logits (N, T, U+1, V).
+def lattice_log_probs(
+    logits: Tensor, targets: Tensor, blank: int = 0, nodes: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Blank and next-label log-probabilities (N, T, R) each from logits (N, T, R, V) at label
+    positions ``nodes`` (N, T, R); ``nodes=None`` is the full lattice (R = U+1, node u = u).
 
-    ``label[..., u]`` is log P(targets[u]) at lattice node u; ``label[..., U]`` is unused.
+    ``label[..., k]`` is log P(targets[node]) at the node; at node U it is unused.
     """
-    n, t, u1, _ = logits.shape
+    n, t, r, _ = logits.shape
     logits = _at_least_float32(logits)
     labels = torch.cat([targets.long(), targets.new_full((n, 1), blank).long()], dim=1)  # (N, U+1)
-    index = torch.stack([torch.full_like(labels, blank), labels], dim=-1)  # (N, U+1, 2)
-    index = index[:, None].expand(n, t, u1, 2)  # (N, T, U+1, 2)
+    if nodes is None:
+        node_labels = labels[:, None].expand(n, t, r)  # (N, T, U+1)
+    else:
+        node_labels = labels.gather(1, nodes.reshape(n, t * r)).reshape(n, t, r)
+    index = torch.stack([torch.full_like(node_labels, blank), node_labels], dim=-1)  # (N,T,R,2)
     # One gather for blank and label keeps the backward to a single scatter over the lattice.
-    picked = logits.gather(-1, index) - logits.logsumexp(dim=-1, keepdim=True)  # (N, T, U+1, 2)
+    picked = logits.gather(-1, index) - logits.logsumexp(dim=-1, keepdim=True)  # (N, T, R, 2)
     blank_lp, label_lp = picked.unbind(dim=-1)
     return blank_lp, label_lp
 
@@ -129,7 +135,6 @@ def _band_alpha(blank_lp: Tensor, label_cum: Tensor, shift: Tensor | None) -> Te
     with everything but the alignment precomputed for all frames at once.
     """
     n, t, r = blank_lp.shape
-    carry = (label_cum + blank_lp).unbind(dim=1)  # alpha[t] + b[t] = a[t] + carry[t]
     if shift is None:
         # No alignment: a[t] = logcumsumexp(a[t-1] + (c[t-1] + b[t-1] - c[t])).
         step_in = (torch.cat([label_cum[:, :1], label_cum[:, :-1] + blank_lp[:, :-1]], dim=1)
@@ -140,6 +145,7 @@ def _band_alpha(blank_lp: Tensor, label_cum: Tensor, shift: Tensor | None) -> Te
             a = torch.logcumsumexp(a + step_in[step], dim=-1)
             out.append(a)
         return torch.stack(out, dim=1) + label_cum
+    carry = (label_cum + blank_lp).unbind(dim=1)  # alpha[t] + b[t] = a[t] + carry[t]
     pad = blank_lp.new_full((n, r - 1), _UNREACHABLE)
     index = (torch.arange(r, device=blank_lp.device) + shift[..., None]).unbind(dim=1)
     cum = label_cum.unbind(dim=1)
@@ -413,11 +419,5 @@ def pruned_nll(
 
     With a band that covers every position (R = U+1) this is ``rnnt_nll`` exactly.
     """
-    n, t, r, _ = logits.shape
-    labels = torch.cat([targets.long(), targets.new_full((n, 1), blank).long()], dim=1)
-    node_labels = labels.gather(1, nodes.reshape(n, t * r)).reshape(n, t, r)
-    index = torch.stack([torch.full_like(node_labels, blank), node_labels], dim=-1)
-    logits = _at_least_float32(logits)
-    picked = logits.gather(-1, index) - logits.logsumexp(dim=-1, keepdim=True)  # (N, T, R, 2)
-    blank_lp, label_lp = picked.unbind(dim=-1)  # (N, T, R) each
+    blank_lp, label_lp = lattice_log_probs(logits, targets, blank, nodes)  # (N, T, R) each
     return band_nll(blank_lp, label_lp, logit_lengths, target_lengths, nodes)
