@@ -319,9 +319,20 @@ class ConformerEncoder(nn.Module):
 
         Frames at or past a sequence's length hold unspecified values; use the lengths.
         """
+        x, lens, pos_emb, mask = self.embed(feats, feat_lens)
+        return self.run_blocks(x, pos_emb, mask), lens
+
+    def embed(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The first block's input: subsampled frames (N, T', D), their lengths (N,), the
+        relative-position table and the frame mask (N, T')."""
         x, lens = self.subsampling(feats, feat_lens)  # (N, T', D), (N,)
         mask = lengths_to_mask(lens, x.size(1))  # (N, T')
         pos_emb = relative_positional_encoding(x.size(1), x.size(2), x.device, x.dtype)
-        for block in self.blocks:
+        return x, lens, pos_emb, mask
+
+    def run_blocks(self, x: Tensor, pos_emb: Tensor, mask: Tensor, start: int = 0) -> Tensor:
+        """Blocks ``start``, ``start + 1`` … on ``x``, the input of block ``start`` (a caller
+        that caches block inputs recomputes only the blocks after a change)."""
+        for block in self.blocks[start:]:
             x = block(x, pos_emb, mask)
-        return x, lens
+        return x

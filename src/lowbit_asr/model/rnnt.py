@@ -44,7 +44,7 @@ LSTMState = tuple[Tensor, Tensor]
 
 
 class Predictor(nn.Module):
-    """Prediction network: Embedding(V, E) -> dropout -> LSTM -> dropout.
+    """Prediction network: Embedding(V, E) -> dropout -> LSTM (float32) -> dropout.
 
     The LSTM is called inside ``parametrize.cached()``: ``nn.LSTM`` looks its weights up several
     times per call (``_update_flat_weights`` does ``hasattr`` then ``getattr``), which evaluates a
@@ -72,8 +72,11 @@ class Predictor(nn.Module):
     def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         """Run token ids (N, U) to outputs (N, U, H); ``state`` continues a previous call."""
         x = self.dropout(self.embedding(tokens))  # (N, U, E)
-        with parametrize.cached():
-            out, state = self.lstm(x, state)  # (N, U, H)
+        # float32 whatever autocast says: oneDNN's bf16 LSTM exists only on CPUs with native
+        # bf16 (AVX512-BF16/AMX; on an AVX2 machine it fails to build its primitive), and a
+        # recurrence is where bf16 round-off compounds.
+        with parametrize.cached(), torch.autocast(x.device.type, enabled=False):
+            out, state = self.lstm(x.float(), state)  # (N, U, H)
         return self.dropout(out), state
 
     def step(self, tokens: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:
@@ -223,7 +226,7 @@ class RNNT(nn.Module):
             losses["simple_loss"] = simple
             transducer_loss = simple_scale * simple + pruned_scale * pruned
         else:
-            rnnt_loss = self._full_loss(enc, enc_lens, pred, targets, target_lens)
+            rnnt_loss = self.full_loss(enc, enc_lens, pred, targets, target_lens)
             transducer_loss = rnnt_loss
 
         if self.ctc_head is not None:
@@ -246,10 +249,12 @@ class RNNT(nn.Module):
             loss = transducer_loss
         return {"loss": loss, "rnnt_loss": rnnt_loss, "ctc_loss": ctc_loss, **losses}
 
-    def _full_loss(
+    def full_loss(
         self, enc: Tensor, enc_lens: Tensor, pred: Tensor, targets: Tensor, target_lens: Tensor
     ) -> Tensor:
-        """Mean RNN-T loss over the full (N, T', U+1) lattice, in chunks of utterances."""
+        """Mean RNN-T loss over the full (N, T', U+1) lattice, in chunks of utterances, from
+        encoder frames (N, T', E) and predictor outputs (N, U+1, H); exact whatever
+        ``rnnt_loss_impl`` trains with (``pruned`` takes torchaudio's full lattice here)."""
         n = enc.size(0)
         enc_proj = self.joiner.project_encoder(enc)  # (N, T', J)
         pred_proj = self.joiner.project_predictor(pred)  # (N, U+1, J)

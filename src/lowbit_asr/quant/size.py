@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lowbit_asr.quant.policy import QuantPolicy, logical_name
+from lowbit_asr.quant.spec import QuantSpec
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,16 @@ class SizeReport:
         return "\n".join(lines)
 
 
+def quantized_bits(numel: int, spec: QuantSpec, group_size: int) -> tuple[int, int, int]:
+    """Storage of one quantized weight of ``numel`` elements in groups of ``group_size``:
+    (groups, scale bits, total bits) = (numel/g, groups·bits(scale_dtype)·(1|2),
+    numel·b + scale bits). The one place this formula is written (``size_report`` and the
+    bit allocator both use it)."""
+    groups = numel // group_size
+    scale_bits = groups * spec.scale_bits * spec.values_per_group
+    return groups, scale_bits, numel * spec.bits + scale_bits
+
+
 def _persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     out = []
     for module_name, module in model.named_modules():
@@ -160,11 +171,9 @@ def size_report(model: nn.Module, policy: QuantPolicy) -> SizeReport:
         if plan is not None and plan.spec is not None:
             spec = plan.spec
             assert plan.group_size is not None
-            groups = numel // plan.group_size
-            rows.append(SizeRow(
-                name, "param", shape, numel, spec.short(), spec.bits, groups,
-                groups * spec.scale_bits * spec.values_per_group, plan.source,
-            ))
+            groups, scale_bits, _ = quantized_bits(numel, spec, plan.group_size)
+            rows.append(SizeRow(name, "param", shape, numel, spec.short(), spec.bits, groups,
+                                scale_bits, plan.source))
         else:
             source = plan.source if plan is not None else "-"
             rows.append(SizeRow(name, "param", shape, numel, float_format, policy.float_bits,
