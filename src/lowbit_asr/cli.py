@@ -13,6 +13,8 @@ non-editable install finds them too."""
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "size": ("lowbit_asr.commands.size", "per-tensor size table of a model under a quantizer"),
+    "allocate": ("lowbit_asr.commands.allocate", "quantizer config for a size budget (milp)"),
+    "ptq": ("lowbit_asr.commands.ptq", "post-training quantization of a float checkpoint"),
     "train": ("lowbit_asr.commands.train", "train a Conformer RNN-T (float or QAT) with Hydra"),
     "transcribe": ("lowbit_asr.commands.transcribe", "text of audio files (packed file or ckpt)"),
     "evaluate": ("lowbit_asr.commands.evaluate", "WER and real-time factor of a checkpoint"),
@@ -22,6 +24,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("lowbit_asr.commands.reproduce", "data -> float -> QAT grid -> frontier"),
     "corpus": ("lowbit_asr.commands.corpus", "generate the embedded TTS corpus (LibriSpeech)"),
 }
+
+
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of the running Hydra app ([] outside one)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
 
 
 def _usage() -> str:

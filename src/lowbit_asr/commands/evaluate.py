@@ -24,7 +24,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lowbit_asr.cli import CONF_DIR
+from lowbit_asr.cli import CONF_DIR, hydra_overrides
 from lowbit_asr.data.config import DatasetConfig
 from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.packed import load_for_evaluation
@@ -60,20 +60,11 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     info = {"model": str(cfg.checkpoint), "root": str(dataset.root), "quantizer": quantizer,
             "decoding": asdict(module.model.cfg.decoding),
             "eval_batch_seconds": dataset.eval_batch_seconds, "commit": git_commit(),
-            "command": "lowbit-asr evaluate " + " ".join(_overrides())}
+            "command": "lowbit-asr evaluate " + " ".join(hydra_overrides())}
     loaders = {s: data.eval_dataloader(dataset.root, s) for s in splits}
     summary = evaluate_to(out, module, loaders, info)
     print_summary(summary, out)
     return summary
-
-
-def _overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return []
 
 
 if __name__ == "__main__":
