@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -86,3 +87,28 @@ def test_a_row_without_wers_is_listed_as_failed(make_sweep, tmp_path):
     assert "8/results.json" in rows["8"]["error"]
     flat, _ = frontier_rows(list(rows.values()))
     assert "int4_sym" not in {i["quantizer"] for i in flat}
+
+
+def test_post_training_rows_are_their_own_family_and_never_the_reference(
+        tmp_path, make_evaluated_sweep):
+    sweep = make_evaluated_sweep(tmp_path / "sweep")
+    before = {i["run_id"]: i for i in frontier_rows(load_rows(sweep))[0]}
+    # PTQ rows as `lowbit-asr ptq` writes them: a bad 2-bit one and a float one with the
+    # reference's own hypotheses (it would tie for the reference if PTQ rows could be one).
+    for src, name in (("int2_bad", "ptq_int2"), ("ref", "ptq_none")):
+        shutil.copytree(sweep / src, sweep / "ptq" / name)
+        path = sweep / "ptq" / name / "results.json"
+        row = json.loads(path.read_text())
+        row.update(run_id=name, experiment="ptq", method="ptq", steps=0)
+        path.write_text(json.dumps(row))
+    flat, _ = frontier_rows(load_rows(sweep))
+    by = {i["run_id"]: i for i in flat}
+    assert by["ref"]["reference"] and not by["ptq_none"]["reference"]
+    assert by["ptq_int2"]["method"] == "ptq" and by["int2_bad"]["method"] == "qat"
+    assert by["ref"]["method"] == "float"
+    for run_id, item in before.items():  # the trained points' verdicts do not move
+        for key in ("p_holm_test-clean", "p_holm_test-other", "lossless"):
+            assert by[run_id][key] == item[key], (run_id, key)
+    assert by["ptq_int2"]["lossless"] is False
+    paths = write_frontier(sweep)
+    assert "int2_sym (ptq)" in paths["md"].read_text()

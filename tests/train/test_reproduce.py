@@ -1,5 +1,6 @@
-"""`lowbit-asr reproduce` end to end on the tiny corpus: float -> grid -> packed files -> frontier
--> RESULTS.md section, and a rerun that skips every finished stage."""
+"""`lowbit-asr reproduce` end to end on the tiny corpus: float -> grid -> packed files -> PTQ
+points -> an allocated point -> frontier -> RESULTS.md section, and a rerun that skips every
+finished stage."""
 
 from __future__ import annotations
 
@@ -26,13 +27,26 @@ def test_reproduce_runs_every_stage_then_skips_them(tiny_corpus, tmp_path):
     command = [LOWBIT_ASR, "reproduce", "--dataset", "embedded_tiny",
                "--data-root", str(tiny_corpus.root), "--out", str(out),
                "--results-md", str(results_md), "--grid", "int4_asym", "int2_asym",
-               "--packed-eval", "int2_asym", "--extra", *extra]
+               "--packed-eval", "int2_asym", "--allocate", "int4_asym",
+               "--allocate-extra", "probe_utterances=4", "--extra", *extra]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
-    rows = {r["quantizer"]: r for r in csv.DictReader((out / "frontier.csv").open())}
-    assert set(rows) == {"none", "int4_asym", "int2_asym"}
-    assert all(r["status"] == "ok" for r in rows.values())
+    every = list(csv.DictReader((out / "frontier.csv").open()))
+    rows = {r["quantizer"]: r for r in every if r["method"] != "ptq"}
+    assert set(rows) == {"none", "int4_asym", "int2_asym", "alloc_int4_asym"}
+    assert all(r["status"] == "ok" for r in every)
+    # A post-training point per grid config (none and float excluded), never trained.
+    ptq = {r["quantizer"]: r for r in every if r["method"] == "ptq"}
+    assert set(ptq) == {"int4_asym", "int2_asym"}
+    assert all(r["size_bytes"] == rows[q]["size_bytes"] for q, r in ptq.items())
+    assert json.loads((out / "ptq" / "int2_asym" / "results.json").read_text())["steps"] == 0
+    # The allocated point fits the size of int4_asym and was trained like a grid point.
+    allocation = json.loads(
+        (out / "alloc_policies" / "alloc_int4_asym" / "allocation.json").read_text())
+    assert int(rows["alloc_int4_asym"]["size_bytes"]) == allocation["predicted_bytes"]
+    assert allocation["predicted_bytes"] <= int(rows["int4_asym"]["size_bytes"])
+    assert (out / "alloc" / "alloc_int4_asym" / "model.lbq").is_file()
     # Each grid point was packed; the file is the accounted size plus a small header.
     for name in ("int4_asym", "int2_asym"):
         packed = json.loads((out / "grid" / name / "packed.json").read_text())
@@ -63,7 +77,7 @@ def test_reproduce_runs_every_stage_then_skips_them(tiny_corpus, tmp_path):
     table = json.loads(tables[0].read_text())
     assert {"wer_low_test-clean", "p_holm_test-clean", "lossless_test-clean"} <= set(
         table["columns"])
-    assert len(table["data"]) == 3  # the float baseline, int4_asym, int2_asym
+    assert len(table["data"]) == 6  # float, int4_asym, int2_asym, their PTQ points, allocated
     assert list((out / "wandb").glob("offline-run-*/files/media/images/frontier/*.png"))
     text = results_md.read_text()
     assert text.startswith("# Results\n\nkept text\n")
@@ -71,10 +85,13 @@ def test_reproduce_runs_every_stage_then_skips_them(tiny_corpus, tmp_path):
     assert "file / accounted" in text and (out / "frontier.png").is_file()
     assert "Paired tests of the paper's claims" in text and "Headline (lossless" in text
     assert "![size vs WER](results/frontier_embedded_tiny.png)" in text
+    assert "QAT against post-training quantization" in text and "QAT is" in text
+    assert "| `alloc_int4_asym` |" in text and "`int4_asym` (" in text
     assert (tmp_path / "results" / "frontier_embedded_tiny.png").is_file()
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "float baseline — done before, skipped" in again.stdout
-    assert again.stdout.count("done before, skipped") == 3  # float + both grid points
+    # float, both grid points, both PTQ points, the allocated point
+    assert again.stdout.count("done before, skipped") == 6, again.stdout
     assert results_md.read_text().count("## `make reproduce` on embedded_tiny") == 1

@@ -2,9 +2,11 @@
 
 Stages: corpus, float baseline, the QAT grid (each point then exported to its packed ``.lbq``
 file, whose bytes are compared with the accounted size; for the ``--packed-eval`` points the
-packed file is also evaluated, and its WER compared with the fake-quant one), frontier and the
-RESULTS.md section. Staged and resumable: every stage and every grid point lives in its own
-folder under ``--out`` and is skipped when its ``results.json`` says ``ok``; an interrupted
+packed file is also evaluated, and its WER compared with the fake-quant one), the post-training
+point of every grid config (``lowbit-asr ptq``, ``--no-ptq`` to skip), the allocated points
+(``lowbit-asr allocate`` at the sizes of the ``--allocate`` configs, then trained like a grid
+point), frontier and the RESULTS.md section. Staged and resumable: every stage and every point
+lives in its own folder under ``--out`` and is skipped when its ``results.json`` says ``ok``; an interrupted
 training run resumes from its ``last.ckpt`` (the train command does that by itself). Each stage
 runs the public CLI (``lowbit-asr train …``) in a subprocess, so what it does is what a user can
 type, and one failing grid point (or export) is recorded and does not stop the others.
@@ -46,6 +48,19 @@ def sweep_quantizers(path: Path = REPRODUCE_SWEEP) -> list[str]:
     return names
 
 
+ALLOCATE_BUDGETS = ("int2_asym", "mixed_int2_ffn_attn_int4_rest", "int4_asym")
+"""The allocated points' budgets: the accounted sizes of these grid configs on the float model
+(``lowbit-asr allocate budget_quantizer=…``)."""
+LEARNED_SCALES = "_lsq"
+"""Suffix of the grid configs with learned scales: their PTQ is the min/max one (scales start
+from min/max), so they get no PTQ point of their own."""
+
+
+def ptq_quantizers(grid: list[str]) -> list[str]:
+    """The grid configs that get a post-training point: all but float and learned scales."""
+    return [q for q in grid if q != "none" and not q.endswith(LEARNED_SCALES)]
+
+
 PACKED_EVAL = ("int4_asym", "int2_asym", "mixed_int2_ffn_attn_int4_rest")
 """Grid points whose packed file is evaluated by default (the others are only exported)."""
 PACKED_FILE = "packed.json"
@@ -71,6 +86,19 @@ def _train(args: list[str], run_dir: Path, log_path: Path) -> int:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def _command(name: str, args: list[str], log_path: Path) -> int:
+    """``lowbit-asr <name> <args>``, its output appended to ``log_path``; its exit code."""
+    command = [str(Path(sys.executable).parent / "lowbit-asr"), name, *args]
+    with log_path.open("a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def _dataset_args(common: list[str]) -> list[str]:
+    return [c for c in common if c.startswith("dataset")]
 
 
 def _evaluate(checkpoint: str | Path, out: Path, common: list[str], log_path: Path,
@@ -212,6 +240,73 @@ def claims_text(out: Path) -> str:
     ])
 
 
+def _verdict(c: dict) -> str:
+    return {"B worse": "worse", "B better": "better"}.get(c["verdict"], "n.s.")
+
+
+def _cell(c: dict) -> str:
+    lo, hi = c["delta_ci"]
+    return (f"{100 * c['wer_a']:.2f} → {100 * c['wer_b']:.2f}, {100 * c['delta']:+.2f}"
+            f" [{100 * lo:+.2f}, {100 * hi:+.2f}], p = {c['mapsswe_p']:.3g}, {_verdict(c)}")
+
+
+def ptq_table(out: Path) -> str:
+    """Markdown: per grid config, its post-training point against its QAT point (QAT = B)."""
+    data = json.loads((out / "frontier.json").read_text())
+    splits = data["splits"]
+    lines = ["| quantizer | size MB | " + " | ".join(
+        f"{s}: WER PTQ → QAT %, ΔWER [95% CI], MAPSSWE p, QAT is" for s in splits) + " |",
+        "|---|---:|" + "---|" * len(splits)]
+    for path in sorted((out / "ptq").glob(f"*/{RESULT_FILE}")):
+        q = path.parent.name
+        qat = out / "grid" / q
+        if not _done(path.parent) or not _done(qat):
+            lines.append(f"| `{q}` | – |" + " not run |" * len(splits))
+            continue
+        _, sp = load_evaluation(path.parent)
+        _, sq = load_evaluation(qat)
+        cells = [_cell(compare_split(s, sp[s], sq[s])) if s in sp and s in sq else "–"
+                 for s in splits]
+        lines.append(f"| `{q}` | {_done(qat)['size_mb']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def allocation_table(out: Path) -> str:
+    """Markdown: each allocated point against every trained grid point of equal or larger size
+    (allocated = B), with its own lossless verdict."""
+    data = json.loads((out / "frontier.json").read_text())
+    splits, points = data["splits"], data["points"]
+    by_path = {Path(p["path"]).resolve(): p for p in points}
+    grid = [p for p in points if "/grid/" in f"{p['path']}/" and p["bits"] != 32]
+    lines = ["| allocated point | size MB | bits / weight | lossless | against (size MB) | "
+             + " | ".join(f"{s}: WER other → allocated %, ΔWER [95% CI], p, allocated is"
+                          for s in splits) + " | dominates |",
+             "|---|---:|---:|---|---|" + "---|" * len(splits) + "---|"]
+    for path in sorted((out / "alloc").glob(f"*/{RESULT_FILE}")):
+        item = by_path.get(path.parent.resolve())
+        if item is None:
+            continue
+        _, sa = load_evaluation(path.parent)
+        verdict = {True: "yes", False: "**no**", None: "–"}[item.get("lossless")]
+        head = (f"| `{item['quantizer']}` | {item['size_mb']:.3f} |"
+                f" {item['bits_per_weight']:.2f} | {verdict} |")
+        rivals = sorted((g for g in grid if g["size_bytes"] >= item["size_bytes"]),
+                        key=lambda g: g["size_bytes"])
+        if not rivals:
+            lines.append(head + " none of equal or larger size |" + " – |" * len(splits) + " – |")
+        for g in rivals:
+            _, sg = load_evaluation(g["path"])
+            tests = [compare_split(s, sg[s], sa[s]) for s in splits if s in sg and s in sa]
+            cells = [_cell(c) for c in tests]
+            dominates = ("yes" if tests and any(c["verdict"] == "B better" for c in tests)
+                         and not any(c["verdict"] == "B worse" for c in tests) else
+                         "worse" if any(c["verdict"] == "B worse" for c in tests) else "no (n.s.)")
+            lines.append(f"{head} `{g['quantizer']}` ({g['size_mb']:.3f}) | " + " | ".join(cells)
+                         + f" | {dominates} |")
+            head = "| | | | |"
+    return "\n".join(lines)
+
+
 def write_results_section(results_md: Path, dataset: str, out: Path, command: str) -> None:
     """Replace (or append) this dataset's section of RESULTS.md with the frontier table."""
     mark = MARK.format(dataset=dataset)
@@ -232,6 +327,18 @@ def write_results_section(results_md: Path, dataset: str, out: Path, command: st
         table,
         "",
         claims_text(out),
+        "",
+        "QAT against post-training quantization of the same float checkpoint (`lowbit-asr ptq`:"
+        " round-to-nearest, clip search where the config has it; paired tests, PTQ = A):",
+        "",
+        ptq_table(out),
+        "",
+        "Allocated policies (`lowbit-asr allocate budget_quantizer=<config>`: the size of that"
+        " config; probe sensitivities, `scipy.optimize.milp`), each against every trained grid"
+        " point of equal or larger size (allocated = B; *dominates* = significantly better on"
+        " some split and worse on none):",
+        "",
+        allocation_table(out),
         "",
         f"![size vs WER]({plot.relative_to(results_md.parent).as_posix()})",
         "",
@@ -268,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for train")
     parser.add_argument("--packed-eval", nargs="*", default=list(PACKED_EVAL),
                         help="grid points whose packed file is also evaluated")
+    parser.add_argument("--ptq", action=argparse.BooleanOptionalAction, default=True,
+                        help="post-training points of the grid configs (default: on)")
+    parser.add_argument("--allocate", nargs="*", default=list(ALLOCATE_BUDGETS),
+                        help="grid configs whose sizes are budgets of allocated points")
+    parser.add_argument("--allocate-extra", nargs="*", default=[],
+                        help="more overrides for allocate (e.g. probe_utterances=64)")
     parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
                         help="W&B mode of the frontier run (offline: files under --out/wandb)")
     args = parser.parse_args(argv)
@@ -326,6 +439,58 @@ def main(argv: list[str] | None = None) -> int:
                     f", packed WER {'equal' if packed['wer_equal'] else 'DIFFERS'}")
         say(f"stage 3/4: {quantizer}: packed {packed['file_bytes']:,} bytes ="
             f" accounted x {packed['ratio']:.4f}{wer_note}")
+
+    if args.ptq:
+        for i, quantizer in enumerate(ptq := ptq_quantizers(args.grid), 1):
+            point = out / "ptq" / quantizer
+            if _done(point):
+                say(f"stage 3/4: PTQ {i}/{len(ptq)} {quantizer} — done before, skipped")
+                continue
+            code = _command("ptq", [f"checkpoint={best}", f"quantizer={quantizer}",
+                                    f"out={point}", *_dataset_args(common)], log_path)
+            row = _done(point)
+            say(f"stage 3/4: PTQ {i}/{len(ptq)} {quantizer}: " + (
+                f"WER {', '.join(f'{s} {100 * w:.1f}%' for s, w in row['wer'].items())}"
+                if row else f"FAILED (exit {code}); see {log_path}"))
+
+    sensitivities: Path | None = None
+    for i, budget in enumerate(args.allocate, 1):
+        name = f"alloc_{budget}"
+        policy_dir = (out / "alloc_policies" / name).resolve()
+        point = out / "alloc" / name
+        what = f"stage 3/4: allocated {i}/{len(args.allocate)} {name}"
+        if not (policy_dir / "allocation.json").is_file():
+            reuse = [f"sensitivity_file={sensitivities}"] if sensitivities else []
+            code = _command("allocate", [f"checkpoint={best}", f"budget_quantizer={budget}",
+                                         f"name={name}", f"out={policy_dir}", *reuse,
+                                         *_dataset_args(common), *args.allocate_extra],
+                            log_path)
+            if code:
+                say(f"{what}: allocation FAILED (exit {code}); see {log_path}")
+                continue
+        allocation = json.loads((policy_dir / "allocation.json").read_text())
+        sensitivities = sensitivities or policy_dir / "allocation.json"
+        row = _done(point)
+        if row:
+            say(f"{what} — done before, skipped")
+        else:
+            say(f"{what}: {allocation['predicted_bytes']:,} bytes within"
+                f" {allocation['budget_bits'] // 8:,}; training")
+            code = _train([f"experiment={args.qat_experiment}", f"quantizer={name}",
+                           f"hydra.searchpath=[file://{policy_dir}]", f"init.checkpoint={best}",
+                           *common], point, log_path)
+            row = _done(point)
+            if not row:
+                say(f"{what} FAILED (exit {code}); see {point / RESULT_FILE} and {log_path}")
+                continue
+            say(f"{what}: {row['size_mb']:.3f} MB,"
+                f" WER {', '.join(f'{s} {100 * w:.1f}%' for s, w in row['wer'].items())}")
+        try:  # its packed file: a per-tensor policy exports like any other
+            packed = _pack(point, row, False, common, log_path)
+            say(f"{what}: packed {packed['file_bytes']:,} bytes = accounted x"
+                f" {packed['ratio']:.4f}")
+        except Exception as err:  # noqa: BLE001 - reported, the sweep goes on
+            say(f"{what}: packed export FAILED ({err}); see {log_path}")
 
     say("stage 4/4: frontier and RESULTS.md")
     paths = write_frontier(out)

@@ -7,8 +7,10 @@ failed runs are listed in the outputs, never dropped.
 with the reference float point's (the float model fine-tuned like the grid) by NIST's
 matched-pairs sentence-segment word error test (MAPSSWE) and a paired bootstrap of ΔWER; a point
 is *lossless* on a split unless it is significantly worse at ``ALPHA`` after Holm–Bonferroni
-correction over every (point, split) test of the frontier (the raw verdict is shown too), and
-*within +3%* when the upper bound of its paired 95% CI of ΔWER is at most 3% of the reference WER.
+correction over every (point, split) test of its method (trained points form one family,
+post-training ``ptq`` points another; the raw verdict is shown too), and *within +3%* when the
+upper bound of its paired 95% CI of ΔWER is at most 3% of the reference WER. Post-training points
+are drawn with their own marker and are never the reference.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ from lowbit_asr.train.significance import compare_split, holm, non_inferior
 BIT_COLOURS = {1: "#7f0000", 2: "#d62728", 3: "#ff7f0e", 4: "#1f77b4", 8: "#2ca02c",
                32: "#000000", "mixed": "#9467bd"}
 GRANULARITY_MARKERS = {"per_channel": "o", "sub_channel": "s", "float": "*", "mixed": "D"}
+PTQ_MARKER = "v"
+"""Post-training points (``method: ptq``, no training step) are drawn with their own marker."""
+
+
+def method(row: dict[str, Any]) -> str:
+    """How a row's model was made: ``ptq`` (post-training, its row says so), ``float`` or
+    ``qat`` (trained)."""
+    if row.get("method"):
+        return str(row["method"])
+    return "float" if row.get("quant_bits") == 32 else "qat"
+
 ALPHA = 0.05
 """Significance level of the "lossless" verdicts (family-wise, after Holm-Bonferroni)."""
 RELATIVE_MARGIN = 0.03
@@ -40,7 +53,8 @@ VERDICT_NOTE = (
     " fine-tuned like the grid), with its paired-bootstrap 95% CI (Bisani & Ney 2004, speakers as"
     " blocks). p: NIST MAPSSWE (matched-pairs sentence-segment word error test, two-sided)."
     " **Lossless** = not significantly worse than the reference at α = 0.05 after Holm–Bonferroni"
-    " correction over every (point, split) test in this table — this is the verdict that decides;"
+    " correction over every (point, split) test of its method in this table (trained points one"
+    " family, post-training ones another) — this is the verdict that decides;"
     " `raw` is the uncorrected one. **≤+3%** = the CI's upper bound is at most +3% relative."
 )
 
@@ -94,8 +108,9 @@ def reference_row(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The float point the others are tested against: among the float rows, those trained with
     the experiment most quantized rows used (the float model fine-tuned like the grid), else all
     float rows; of these the lowest mean WER."""
-    floats = [r for r in ok if r.get("quant_bits") == 32]
-    quantized = [r.get("experiment") for r in ok if r.get("quant_bits") != 32]
+    trained = [r for r in ok if method(r) != "ptq"]  # PTQ rows were never trained
+    floats = [r for r in trained if r.get("quant_bits") == 32]
+    quantized = [r.get("experiment") for r in trained if r.get("quant_bits") != 32]
     if quantized:
         grid = Counter(quantized).most_common(1)[0][0]
         floats = [r for r in floats if r.get("experiment") == grid] or floats
@@ -130,10 +145,14 @@ def add_significance(flat: list[dict[str, Any]], ok: list[dict[str, Any]],
             item[f"within3_{s}"] = non_inferior(c["delta_ci"][1], c["wer_a"], RELATIVE_MARGIN)
             item[f"lossless_raw_{s}"] = not (c["mapsswe_p"] < ALPHA and c["delta"] > 0)
             tests.append((item, s))
-    adjusted = holm([item[f"p_{s}"] for item, s in tests])
-    for (item, s), p in zip(tests, adjusted, strict=True):
-        item[f"p_holm_{s}"] = p
-        item[f"lossless_{s}"] = not (p < ALPHA and item[f"delta_{s}"] > 0)
+    # One Holm family per method: adding post-training baselines to a table must not change the
+    # verdicts of the trained points (nor the other way round).
+    for family in sorted({item.get("method", "qat") for item, _ in tests}):
+        members = [(item, s) for item, s in tests if item.get("method", "qat") == family]
+        adjusted = holm([item[f"p_{s}"] for item, s in members])
+        for (item, s), p in zip(members, adjusted, strict=True):
+            item[f"p_holm_{s}"] = p
+            item[f"lossless_{s}"] = not (p < ALPHA and item[f"delta_{s}"] > 0)
     for item in flat:
         verdicts = [item[f"lossless_{s}"] for s in splits]
         item["lossless"] = (True if item["reference"] else
@@ -178,7 +197,8 @@ def frontier_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     for r in ok:
         item = {
             "run_id": r["run_id"], "experiment": r.get("experiment", ""),
-            "quantizer": r.get("quantizer", ""), "bits": r.get("quant_bits"),
+            "quantizer": r.get("quantizer", ""), "method": method(r),
+            "bits": r.get("quant_bits"),
             "symmetric": r.get("quant_symmetric"), "granularity": r.get("quant_granularity"),
             "group": r.get("quant_group", ""), "clip": r.get("quant_clip", ""),
             "size_bytes": r["size_bytes"], "size_mb": r["size_mb"],
@@ -330,8 +350,9 @@ def _draw(ax: Any, items: list[dict[str, Any]], split: str, names: dict[str, str
                         yerr=[[100 * (wer - low)], [100 * (high - wer)]], fmt="none",
                         ecolor=colour, elinewidth=0.8, capsize=2, alpha=0.7, zorder=2)
         worse = item[f"lossless_{split}"] is False
-        ax.scatter(item["size_mb"], 100 * wer, marker=GRANULARITY_MARKERS.get(
-                       item["granularity"], "x"), s=55, zorder=3,
+        marker = (PTQ_MARKER if item.get("method") == "ptq"
+                  else GRANULARITY_MARKERS.get(item["granularity"], "x"))
+        ax.scatter(item["size_mb"], 100 * wer, marker=marker, s=55, zorder=3,
                    facecolors="white" if worse else colour, edgecolors=colour, linewidths=1.2)
         ax.annotate(names[item["run_id"] + item["path"]], (item["size_mb"], 100 * wer),
                     textcoords="offset points", xytext=(4, 3), fontsize=6.5, color="#333333")
@@ -353,6 +374,9 @@ def _legends(fig: Any, items: list[dict[str, Any]]) -> None:
             for b, c in BIT_COLOURS.items() if any(i["bits"] == b for i in items)]
     grans = [Line2D([], [], marker=m, linestyle="", color="#7f7f7f", label=g)
              for g, m in GRANULARITY_MARKERS.items() if any(i["granularity"] == g for i in items)]
+    if any(i.get("method") == "ptq" for i in items):
+        grans.append(Line2D([], [], marker=PTQ_MARKER, linestyle="", color="#7f7f7f",
+                            label="post-training (no QAT)"))
     grans.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
                         markeredgecolor="#7f7f7f", label="significantly worse (Holm)"))
     first = fig.legend(handles=bits, loc="upper left", title="bits (colour)", frameon=False,
