@@ -6,10 +6,10 @@ packed file is also evaluated, and its WER compared with the fake-quant one), th
 point of every grid config (``lowbit-asr ptq``, ``--no-ptq`` to skip), the allocated points
 (``lowbit-asr allocate`` at the sizes of the ``--allocate`` configs, then trained like a grid
 point), frontier and the RESULTS.md section. Staged and resumable: every stage and every point
-lives in its own folder under ``--out`` and is skipped when its ``results.json`` says ``ok``; an interrupted
-training run resumes from its ``last.ckpt`` (the train command does that by itself). Each stage
-runs the public CLI (``lowbit-asr train …``) in a subprocess, so what it does is what a user can
-type, and one failing grid point (or export) is recorded and does not stop the others.
+lives in its own folder under ``--out`` and is skipped when its ``results.json`` says ``ok``; an
+interrupted training run resumes from its ``last.ckpt`` (the train command does that by itself).
+Each stage runs the public CLI (``lowbit-asr train …``) in a subprocess, so what it does is what a
+user can type, and one failing grid point (or export) is recorded and does not stop the others.
 
     lowbit-asr reproduce                                   # generated mini corpus, CPU
     lowbit-asr reproduce --dataset librispeech --data-root /data/LibriSpeech --trainer ddp \\
