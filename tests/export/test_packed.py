@@ -31,6 +31,7 @@ from lowbit_asr.quant import (
 )
 from lowbit_asr.quant.container import _digest, is_packed_file, read_packed, write_packed
 from lowbit_asr.quant.policy import logical_name
+from lowbit_asr.quant.prepare import is_quantizer_parameter
 from lowbit_asr.train.checkpoint import read_checkpoint, restore
 from lowbit_asr.train.scoring import load_evaluation
 
@@ -98,6 +99,14 @@ POLICIES = {
         "default": {"bits": 3, "clip_search": {"min": 0.4, "steps": 12, "per_channel": True}}
     },
     "int3_asym_f32": {"default": {"bits": 3, "symmetric": False, "scale_dtype": "float32"}},
+    # Learned scales (LSQ / LSQ+): moved away from min/max below, as training moves them.
+    "int2_asym_lsq": {"default": {"bits": 2, "symmetric": False, "scale": "learned"}},
+    "int4_sym_g16_lsq": {"default": {"bits": 4, "group_size": 16, "scale": "learned"},
+                         "indivisible": "per_channel"},
+    "int2_asym_sc4_clipsearch_lsq": {
+        "default": {"bits": 2, "symmetric": False, "sub_channels": 4, "scale": "learned",
+                    "clip_search": {"min": 0.5, "steps": 4, "per_channel": True}},
+        "indivisible": "per_channel"},
     "mixed": {
         "name": "mixed",
         "default": {"bits": 3, "symmetric": False},
@@ -110,9 +119,22 @@ POLICIES = {
             {"pattern": "encoder.blocks.*.attn.*weight", "spec": {"bits": 4, "clip": 0.9}},
             {"pattern": "predictor.embedding.weight", "spec": {"bits": 8}},
             {"pattern": "joiner.*", "spec": {"bits": 1, "symmetric": False}},
+            {"pattern": "predictor.lstm.*", "spec": {"bits": 3, "symmetric": False,
+                                                     "scale": "learned"}},
         ],
     },
 }
+
+
+def _train_learned_grids(model: torch.nn.Module, seed: int = 0) -> None:
+    """Move every learned scale and offset away from its min/max start, as training does."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, fq in fake_quant_modules(model):
+            if fq.spec.learned:
+                fq.scale.mul_(torch.empty(fq.scale.shape).uniform_(0.6, 1.4, generator=g))
+                if fq.offset is not None:
+                    fq.offset.add_(0.3 * fq.scale * torch.randn(fq.offset.shape, generator=g))
 
 
 def _check_sizes(path: Path, accounted: int, described) -> None:
@@ -128,6 +150,7 @@ def _check_sizes(path: Path, accounted: int, described) -> None:
 def test_packed_weights_and_outputs_equal_fake_quant(name, tmp_path):
     policy = QuantPolicy.from_config(POLICIES[name])
     model = prepare(_small_model(), policy)
+    _train_learned_grids(model)
     path = tmp_path / "m.lbq"
     written = write_packed(path, model, policy, extra={"note": name})
     state, described = read_packed(path)
@@ -138,6 +161,8 @@ def test_packed_weights_and_outputs_equal_fake_quant(name, tmp_path):
     quantized = dict(fake_quant_modules(model))
     assert {t.name for t in described.tensors if t.spec is not None} == set(quantized)
     for key, value in model.state_dict().items():
+        if is_quantizer_parameter(key):
+            continue  # a learned grid: stored as the weight's scales and offsets
         logical = logical_name(key)
         if logical in quantized:  # the weight the model computes with: its fake quantization
             owner, attr = logical.rsplit(".", 1)

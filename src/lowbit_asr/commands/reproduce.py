@@ -190,6 +190,10 @@ CLAIMS = (
     ("Clip search better than min/max at 2 bits?", "int2_asym", "int2_asym_clipsearch"),
     ("Mixed 2-bit FFN/attention + 4-bit rest against uniform 4 bits?", "int4_asym",
      "mixed_int2_ffn_attn_int4_rest"),
+    ("Learned scales (LSQ+) better than min/max at 2 bits, per-channel?", "int2_asym",
+     "int2_asym_lsq"),
+    ("Learned scales (LSQ+) better than min/max at 2 bits, 4 groups per row?", "int2_asym_sc4",
+     "int2_asym_sc4_lsq"),
 )
 """The paper's qualitative claims, each answered by a paired test in the RESULTS section."""
 

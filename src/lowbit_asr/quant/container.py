@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from lowbit_asr.quant.fake_quant import QuantizedWeight, dequantize, quantize
 from lowbit_asr.quant.packing import pack_codes, packed_nbytes, unpack_codes
 from lowbit_asr.quant.policy import QuantPolicy, logical_name
-from lowbit_asr.quant.prepare import fake_quant_modules
+from lowbit_asr.quant.prepare import fake_quant_modules, is_quantizer_parameter
 from lowbit_asr.quant.size import _persistent_buffers
 from lowbit_asr.quant.spec import QuantSpec
 
@@ -163,7 +163,8 @@ def stored_tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
     Parameters come first (float master weights of a prepared model under their logical name),
     then buffers, each in module order.
     """
-    params = [(logical_name(name), p.detach()) for name, p in model.named_parameters()]
+    params = [(logical_name(name), p.detach()) for name, p in model.named_parameters()
+              if not is_quantizer_parameter(name)]  # learned grids are stored as scales
     return params + [(name, b.detach()) for name, b in _persistent_buffers(model)]
 
 
@@ -195,6 +196,7 @@ def pack_state(
     """
     planned = {p.name: p for p in policy.plan(model)}
     _check_prepared(model, planned)
+    grids = {name: fq.grid() for name, fq in fake_quant_modules(model)}
     codes: list[Tensor] = []
     parts: dict[str, list[Tensor]] = defaultdict(list)
     table: list[PackedTensor] = []
@@ -202,7 +204,11 @@ def pack_state(
     for name, tensor in stored_tensors(model):
         plan = planned.get(name)
         if plan is not None and plan.spec is not None:
-            qw = quantize(tensor, plan.spec, name, plan.group_size)  # codes (O, G, g)
+            if plan.spec.learned and name not in grids:
+                raise ValueError(f"{name}: {plan.spec.short()} has learned scales, which only a"
+                                 " model prepared (and trained) with the policy holds")
+            scale, offset = grids.get(name, (None, None))
+            qw = quantize(tensor, plan.spec, name, plan.group_size, scale, offset)  # (O, G, g)
             codes.append(pack_codes(qw.codes, plan.spec.bits))
             parts[plan.spec.scale_dtype].append(qw.scale.reshape(-1))  # (O·G,)
             if qw.offset is not None:

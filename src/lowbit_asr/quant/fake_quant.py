@@ -15,6 +15,7 @@ computed, so the codes are the nearest points of the grid that is actually store
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -154,17 +155,52 @@ def resolve_group_size(weight: Tensor, spec: QuantSpec, name: str = "weight") ->
 
 
 @torch.no_grad()
+def initial_grid(weight: Tensor, spec: QuantSpec, group_size: int) -> tuple[Tensor, Tensor | None]:
+    """The min/max grid of ``weight`` (clipped, or clip-searched, as ``spec`` says): scale and
+    offset (O, G, 1) float32, values of ``spec.scale_dtype``. A learned grid starts here."""
+    w = grouped_view(weight.detach().to(torch.float32), group_size)  # (O, G, g)
+    if spec.clip_search is not None:
+        _, scale, offset = _search_clip(w, spec)
+        return scale, offset
+    return _grid(w, spec, float(spec.clip))
+
+
+def stored_grid(spec: QuantSpec, scale: Tensor, offset: Tensor | None,
+                ) -> tuple[Tensor, Tensor | None]:
+    """A learned scale and offset as stored: positive scale, both rounded to
+    ``spec.scale_dtype`` (float32 values). Fake quantization and export both use this."""
+    dtype = spec.torch_scale_dtype
+    stored = _round_to_storage(scale.detach().to(torch.float32).clamp_min(torch.finfo(dtype).tiny),
+                               dtype)
+    stored = stored.clamp_min(torch.finfo(dtype).tiny)  # a scale that rounds to 0 stays positive
+    if offset is None:
+        return stored, None
+    return stored, _round_to_storage(offset.detach().to(torch.float32), dtype)
+
+
+@torch.no_grad()
 def quantize(
-    weight: Tensor, spec: QuantSpec, name: str = "weight", group_size: int | None = None
+    weight: Tensor, spec: QuantSpec, name: str = "weight", group_size: int | None = None,
+    scale: Tensor | None = None, offset: Tensor | None = None,
 ) -> QuantizedWeight:
     """Quantize ``weight`` (O, ...) to its stored form (codes, scale, offset).
 
     ``group_size`` may be passed when already resolved; otherwise it follows from ``spec``.
-    With clip search the coefficient is chosen here exactly as during training.
+    With clip search the coefficient is chosen here exactly as during training. A ``learned``
+    spec needs the trained ``scale`` (and ``offset`` when asymmetric), (O, G, 1).
     """
     g = resolve_group_size(weight, spec, name) if group_size is None else group_size
     w = grouped_view(weight.detach().to(torch.float32), g)  # (O, G, g)
-    if spec.clip_search is not None:
+    if spec.learned:
+        if scale is None or (offset is None) != spec.symmetric:
+            raise ValueError(f"{name}: {spec.short()} has learned scales: pass its trained scale"
+                             + ("" if spec.symmetric else " and offset")
+                             + " (a prepared model holds them)")
+        scale, offset = stored_grid(spec, scale, offset)
+    elif scale is not None or offset is not None:
+        raise ValueError(f"{name}: {spec.short()} computes its scales from the weights;"
+                         " a given scale or offset is for learned scales only")
+    elif spec.clip_search is not None:
         _, scale, offset = _search_clip(w, spec)
     else:
         scale, offset = _grid(w, spec, float(spec.clip))
@@ -206,6 +242,41 @@ class _FakeQuantSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         return grad_output, None, None
+
+
+def lsq_gradient_scale(spec: QuantSpec, group_size: int) -> float:
+    """LSQ's gradient scale for a group's step size, 1 / sqrt(n · Q_P) (Esser et al. 2020,
+    section 2.2), with n the group's elements and Q_P its positive levels: ``qmax`` on the
+    symmetric grid, 2^b − 1 steps across an asymmetric one (whose offset places the range)."""
+    levels = spec.qmax if spec.symmetric else 2**spec.bits - 1
+    return 1.0 / math.sqrt(group_size * max(levels, 1))
+
+
+def fake_quantize_learned(weight: Tensor, spec: QuantSpec, group_size: int, scale: Tensor,
+                          offset: Tensor | None) -> Tensor:
+    """LSQ (symmetric) / LSQ+ (asymmetric) quantize-dequantize with trained ``scale`` and
+    ``offset`` (O, G, 1).
+
+    Forward: exactly :func:`dequantize` of :func:`quantize` with the same scale and offset (the
+    values used are their stored, rounded form). Backward (round = straight-through), with
+    x = (w − offset) / scale: the weight gets the gradient where qmin ≤ x ≤ qmax and none where
+    clipped; the scale gets (q − x) inside and qmin/qmax where clipped; the offset gets the
+    clipped part; both scaled by :func:`lsq_gradient_scale`.
+    """
+    w = grouped_view(weight.to(torch.float32), group_size)  # (O, G, g)
+    stored_scale, stored_offset = stored_grid(spec, scale, offset)
+    g = lsq_gradient_scale(spec, group_size)
+    # The value is exactly the stored one (x - x = 0); the gradient reaches the parameter,
+    # scaled by g, straight through the rounding to scale_dtype.
+    s = stored_scale + (scale * g - (scale * g).detach())
+    o = None if offset is None else stored_offset + (offset * g - (offset * g).detach())
+    x = (w / s) if o is None else (w - o) / s
+    # Clamp, then round half up straight through: the gradient passes where qmin <= x <= qmax
+    # (LSQ's condition is on x, not on its rounding); the value is _codes' clamp(floor(x + .5)).
+    clamped = x.clamp(spec.qmin, spec.qmax)
+    q = clamped + (torch.floor(clamped.detach() + 0.5) - clamped.detach())
+    out = q * s if o is None else q * s + o
+    return out.reshape(weight.shape).to(weight.dtype)
 
 
 def fake_quantize(

@@ -10,12 +10,14 @@ state dict); every forward pass reads its quantize-dequantize.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from lowbit_asr.quant.fake_quant import fake_quantize
+from lowbit_asr.quant.fake_quant import fake_quantize, fake_quantize_learned, initial_grid
 from lowbit_asr.quant.policy import QuantPolicy, logical_name
 from lowbit_asr.quant.spec import QuantSpec
 
@@ -23,26 +25,83 @@ from lowbit_asr.quant.spec import QuantSpec
 class FakeQuantize(nn.Module):
     """Parametrization: weight -> quantize-dequantize(weight) with a straight-through gradient.
 
-    Holds no tensors, so it adds nothing to the state dict. ``enabled = False`` passes the
-    float weight through (float warm-up) without rebuilding the model.
+    With a ``learned`` spec it holds the trained grid: ``scale`` (and ``offset`` when
+    asymmetric), float32 parameters (O, G, 1) initialised from the weight's min/max grid (see
+    :func:`init_learned_grids`); otherwise no tensors, so it adds nothing to the state dict.
+    ``enabled = False`` passes the float weight through (float warm-up) without rebuilding the
+    model.
     """
 
-    def __init__(self, spec: QuantSpec, group_size: int, name: str) -> None:
+    def __init__(self, spec: QuantSpec, group_size: int, name: str,
+                 weight: Tensor | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.group_size = group_size
         self.param_name = name
         self.enabled = True
+        if spec.learned:
+            if weight is None:
+                raise ValueError(f"{name}: learned scales start from the weight; pass it")
+            scale, offset = initial_grid(weight, spec, group_size)
+            self.scale = nn.Parameter(scale.clone())
+            self.offset = None if offset is None else nn.Parameter(offset.clone())
+
+    @torch.no_grad()
+    def reset_grid(self, weight: Tensor) -> None:
+        """Learned scale (and offset) back to ``weight``'s min/max grid (e.g. after new weights
+        were loaded into the model)."""
+        if not self.spec.learned:
+            return
+        scale, offset = initial_grid(weight, self.spec, self.group_size)
+        self.scale.copy_(scale)
+        if self.offset is not None and offset is not None:
+            self.offset.copy_(offset)
+
+    def grid(self) -> tuple[Tensor | None, Tensor | None]:
+        """The learned (scale, offset), or (None, None) for a min/max spec."""
+        if not self.spec.learned:
+            return None, None
+        return self.scale, self.offset
 
     def forward(self, weight: Tensor) -> Tensor:
         """Quantize-dequantize ``weight`` (or pass it through when disabled)."""
         if not self.enabled:
             return weight
+        if self.spec.learned:
+            return fake_quantize_learned(weight, self.spec, self.group_size, self.scale,
+                                         self.offset)
         return fake_quantize(weight, self.spec, self.param_name, self.group_size)
 
     def extra_repr(self) -> str:
         state = "" if self.enabled else ", disabled"
         return f"{self.spec.short()}, group_size={self.group_size}{state}"
+
+
+QUANTIZER_PARAMETER = re.compile(r"(^|\.)parametrizations\.[^.]+\.\d+\.[^.]+$")
+"""Names of parameters a parametrization holds (learned scales and offsets), not the model's."""
+
+
+def is_quantizer_parameter(name: str) -> bool:
+    """Whether a state-dict / parameter name is a fake quantizer's own (a learned grid): stored
+    as the quantized weight's scales, never as a tensor of its own."""
+    return QUANTIZER_PARAMETER.search(name) is not None
+
+
+def init_learned_grids(model: nn.Module, names: set[str] | None = None) -> int:
+    """Learned grids of ``model`` reset to their weight's min/max grid: all, or those whose
+    ``scale`` parameter name is in ``names``; how many."""
+    count = 0
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr, plist in module.parametrizations.items():
+            for i, p in enumerate(plist):
+                prefix = f"{module_name}.parametrizations.{attr}.{i}".lstrip(".")
+                if isinstance(p, FakeQuantize) and p.spec.learned and (
+                        names is None or f"{prefix}.scale" in names):
+                    p.reset_grid(plist.original)
+                    count += 1
+    return count
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -64,7 +123,8 @@ def prepare(model: nn.Module, policy: QuantPolicy) -> nn.Module:
         module, attr = _owner(model, item.name)
         assert item.group_size is not None
         parametrize.register_parametrization(
-            module, attr, FakeQuantize(item.spec, item.group_size, item.name)
+            module, attr, FakeQuantize(item.spec, item.group_size, item.name,
+                                       getattr(module, attr).detach())
         )
     return model
 
@@ -111,12 +171,15 @@ def fake_quant_disabled(model: nn.Module) -> Iterator[nn.Module]:
 def load_float_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
     """Load a float model's state dict (``a.weight``) into ``model``, prepared or not.
 
-    Keys are matched by logical name, so a float checkpoint initialises QAT. Missing or
-    unexpected keys and shape mismatches raise ``ValueError`` naming the tensors.
+    Keys are matched by logical name, so a float checkpoint initialises QAT. Learned grids of the
+    model's fake quantizers that the state dict does not hold start from the loaded weights'
+    min/max grid. Missing or unexpected keys and shape mismatches raise ``ValueError`` naming the
+    tensors.
     """
     own = model.state_dict()
     by_logical = {logical_name(key): key for key in own}
-    missing = sorted(set(by_logical) - set(state_dict))
+    grids = {name for name in by_logical if is_quantizer_parameter(name)}
+    missing = sorted(set(by_logical) - set(state_dict) - grids)
     unexpected = sorted(set(state_dict) - set(by_logical))
     if missing or unexpected:
         raise ValueError(
@@ -126,8 +189,13 @@ def load_float_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) ->
         )
     mismatched = [
         f"{name} {tuple(state_dict[name].shape)} vs {tuple(own[key].shape)}"
-        for name, key in by_logical.items() if state_dict[name].shape != own[key].shape
+        for name, key in by_logical.items()
+        if name in state_dict and state_dict[name].shape != own[key].shape
     ]
     if mismatched:
         raise ValueError(f"shape mismatch (checkpoint vs model): {'; '.join(mismatched[:5])}")
-    model.load_state_dict({key: state_dict[name] for name, key in by_logical.items()})
+    given = {key: state_dict[name] for name, key in by_logical.items() if name in state_dict}
+    absent = grids - set(state_dict)
+    model.load_state_dict(given, strict=not absent)  # only absent grids are left out
+    if absent:
+        init_learned_grids(model, absent)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lowbit_asr.quant.policy import QuantPolicy, logical_name
+from lowbit_asr.quant.prepare import is_quantizer_parameter
 from lowbit_asr.quant.spec import QuantSpec
 
 
@@ -165,6 +166,8 @@ def size_report(model: nn.Module, policy: QuantPolicy) -> SizeReport:
     rows: list[SizeRow] = []
     float_format = f"float{policy.float_bits}"
     for raw_name, param in model.named_parameters():
+        if is_quantizer_parameter(raw_name):
+            continue  # a learned grid: counted as its weight's scales and offsets
         name = logical_name(raw_name)
         shape, numel = tuple(param.shape), param.numel()
         plan = planned.get(name)

@@ -17,6 +17,10 @@ SCALE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
 }
 """Storage dtypes allowed for scales and asymmetric offsets, by config name."""
+SCALE_METHODS = ("minmax", "learned")
+"""How a group's scale (and offset) is set: from the group's min/max at every forward pass
+(clipped or clip-searched), or ``learned`` (LSQ / LSQ+): parameters trained with the weights,
+initialised from min/max (or the clip search)."""
 
 
 def _require_positive_int(owner: str, name: str, value: Any) -> None:
@@ -97,6 +101,10 @@ class QuantSpec:
     """Search c per forward pass instead of fixing it (then ``clip`` must stay 1.0)."""
     scale_dtype: str = "float16"
     """Stored dtype of scales and offsets: float16, bfloat16 or float32."""
+    scale: str = "minmax"
+    """``minmax`` (recomputed every forward pass) or ``learned`` (LSQ, Esser et al. 2020; with a
+    learned offset when asymmetric, LSQ+, Bhalgat et al. 2020): ``clip``/``clip_search`` then
+    set only the initial value."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
@@ -128,6 +136,8 @@ class QuantSpec:
                     "QuantSpec.clip and QuantSpec.clip_search are exclusive: with clip_search the"
                     f" coefficient is searched, so leave clip at 1.0 (got clip={self.clip!r})"
                 )
+        if self.scale not in SCALE_METHODS:
+            raise ValueError(f"QuantSpec.scale must be one of {SCALE_METHODS}, got {self.scale!r}")
         if self.scale_dtype not in SCALE_DTYPES:
             raise ValueError(
                 f"QuantSpec.scale_dtype must be one of {sorted(SCALE_DTYPES)},"
@@ -154,6 +164,11 @@ class QuantSpec:
         return asdict(self)
 
     # ---- derived quantities -------------------------------------------------------------
+    @property
+    def learned(self) -> bool:
+        """Whether scales (and offsets) are trained parameters."""
+        return self.scale == "learned"
+
     @property
     def qmin(self) -> int:
         """Lowest integer code of the signed grid, -2^(b-1)."""
@@ -208,7 +223,7 @@ class QuantSpec:
         return k
 
     def short(self) -> str:
-        """Compact human-readable form, e.g. ``int2-asym-g16-clip0.9-f16``."""
+        """Compact human-readable form, e.g. ``int2-asym-g16-clip0.9-f16`` (``-lsq``: learned)."""
         parts = [f"int{self.bits}", "sym" if self.symmetric else "asym", self.granularity]
         if self.clip_search is not None:
             cs = self.clip_search
@@ -216,4 +231,6 @@ class QuantSpec:
         elif float(self.clip) != 1.0:
             parts.append(f"clip{self.clip:g}")
         parts.append({"float16": "f16", "bfloat16": "bf16", "float32": "f32"}[self.scale_dtype])
+        if self.learned:
+            parts.append("lsq")
         return "-".join(parts)

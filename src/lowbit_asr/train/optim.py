@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit_asr.quant.prepare import is_quantizer_parameter
+
 SCHEDULES = ("cosine", "noam", "constant")
 
 
@@ -90,7 +92,7 @@ def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
 def build_optimizer(
     named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only (>= 2 dims).
+    """AdamW with weight decay on weight matrices only (>= 2 dims; not learned quantizer scales).
 
     The multi-tensor (``foreach``) implementation: a few ops over all parameters per step
     instead of ~8 per parameter (the per-parameter loop was ~12% of a short-utterance CPU step
@@ -98,10 +100,12 @@ def build_optimizer(
     unscales gradients itself, which fused AdamW declares.
     """
     decay, no_decay = [], []
-    for _, param in named_params:
+    for name, param in named_params:
         if not param.requires_grad:
             continue
-        (decay if param.dim() >= 2 else no_decay).append(param)
+        # Learned quantizer scales are (O, G, 1) but no weight matrix: decay would shrink them.
+        matrix = param.dim() >= 2 and not is_quantizer_parameter(name)
+        (decay if matrix else no_decay).append(param)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
