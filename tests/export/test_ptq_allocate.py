@@ -139,3 +139,34 @@ def test_allocate_names_a_budget_below_the_smallest_size(float_checkpoint, tiny_
     err = _fails(capsys, "allocate", f"checkpoint={float_checkpoint}", "budget_mb=1",
                  "budget_bits=3", f"out={tmp_path / 'x'}", *_data(tiny_corpus, tmp_path))
     assert "allocate needs exactly one budget" in err and "['budget_mb', 'budget_bits']" in err
+
+
+def test_lsq_training_moves_the_grids_and_the_packed_file_computes_the_same(
+        float_checkpoint, tiny_corpus, tmp_path):
+    from lowbit_asr.packed import export_packed, load_packed
+    from lowbit_asr.quant.fake_quant import initial_grid
+    from lowbit_asr.train.checkpoint import restore
+
+    run = tmp_path / "lsq"
+    _cli("train", *_data(tiny_corpus, tmp_path), *SMALL_MODEL, "logger=csv",
+         "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
+         "trainer.enable_progress_bar=false", "init.mode=float_ckpt",
+         f"init.checkpoint={float_checkpoint}", "quantizer=int2_asym_sc4_lsq", "optim.lr=0.01",
+         "optim.warmup_steps=1", f"hydra.run.dir={run}")
+    row = json.loads((run / "results.json").read_text())
+    assert row["status"] == "ok" and row["quantizer"] == "int2_asym_sc4_lsq"
+    module, _ = restore(read_checkpoint(run / "checkpoints" / "last.ckpt"))
+    moved = 0
+    for name, fq in fake_quant_modules(module.model):
+        owner, attr = name.rsplit(".", 1)
+        weight = module.model.get_submodule(owner).parametrizations[attr].original
+        start, _ = initial_grid(weight, fq.spec, fq.group_size)
+        moved += not torch.equal(fq.scale.detach(), start)
+    assert moved > 0, "training moved no learned scale off its min/max grid"
+    report = export_packed(run / "checkpoints" / "last.ckpt", tmp_path / "lsq.lbq")
+    assert report.accounted_bytes == row["size_bytes"]
+    plain = load_packed(tmp_path / "lsq.lbq").model
+    for name, _ in fake_quant_modules(module.model):
+        owner, attr = name.rsplit(".", 1)
+        assert torch.equal(getattr(plain.get_submodule(owner), attr),
+                           getattr(module.model.get_submodule(owner), attr)), name
