@@ -51,6 +51,10 @@ def sweep_quantizers(path: Path = REPRODUCE_SWEEP) -> list[str]:
 ALLOCATE_BUDGETS = ("int2_asym", "mixed_int2_ffn_attn_int4_rest", "int4_asym")
 """The allocated points' budgets: the accounted sizes of these grid configs on the float model
 (``lowbit-asr allocate budget_quantizer=…``)."""
+ALLOCATE_EXTRA = ("bits=[1,2,3,4,8]",)
+"""The allocations' candidates: 1 bit besides allocate's default {2, 3, 4, 8}, because at the size
+of int2_asym per-channel 2 bits is every weight's cheapest candidate, so without a cheaper one the
+only allocation that fits that budget is int2_asym itself."""
 LEARNED_SCALES = "_lsq"
 """Suffix of the grid configs with learned scales: their PTQ is the min/max one (scales start
 from min/max), so they get no PTQ point of their own."""
@@ -383,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="post-training points of the grid configs (default: on)")
     parser.add_argument("--allocate", nargs="*", default=list(ALLOCATE_BUDGETS),
                         help="grid configs whose sizes are budgets of allocated points")
-    parser.add_argument("--allocate-extra", nargs="*", default=[],
-                        help="more overrides for allocate (e.g. probe_utterances=64)")
+    parser.add_argument("--allocate-extra", nargs="*", default=list(ALLOCATE_EXTRA),
+                        help="overrides for allocate (default: %(default)s)")
     parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
                         help="W&B mode of the frontier run (offline: files under --out/wandb)")
     args = parser.parse_args(argv)
