@@ -112,3 +112,35 @@ def test_post_training_rows_are_their_own_family_and_never_the_reference(
     assert by["ptq_int2"]["lossless"] is False
     paths = write_frontier(sweep)
     assert "int2_sym (ptq)" in paths["md"].read_text()
+
+
+def test_a_post_training_row_is_tested_against_the_checkpoint_it_quantized(
+        tmp_path, make_evaluated_sweep):
+    sweep = make_evaluated_sweep(tmp_path / "sweep")
+    # A float baseline (another experiment, so not the reference) that is worse than the
+    # fine-tuned reference: the hypotheses of int2_bad. Its PTQ twin has the same hypotheses.
+    shutil.copytree(sweep / "int2_bad", sweep / "float")
+    path = sweep / "float" / "results.json"
+    row = json.loads(path.read_text())
+    row.update(run_id="float", experiment="float_mini", quantizer="none", quant_bits=32,
+               best_checkpoint=str(sweep / "float" / "best.ckpt"))
+    path.write_text(json.dumps(row))
+    for name, source in (("ptq_from_float", sweep / "float" / "best.ckpt"),
+                         ("ptq_elsewhere", tmp_path / "other.ckpt")):
+        shutil.copytree(sweep / "int2_bad", sweep / "ptq" / name)
+        path = sweep / "ptq" / name / "results.json"
+        row = json.loads(path.read_text())
+        row.update(run_id=name, experiment="ptq", method="ptq", steps=0,
+                   source_checkpoint=str(source))
+        path.write_text(json.dumps(row))
+    by = {i["run_id"]: i for i in frontier_rows(load_rows(sweep))[0]}
+    assert by["ref"]["reference"] and not by["float"]["reference"]
+    assert by["float"]["against"] == "ref" and by["float"]["lossless"] is False
+    # Same hypotheses as its source: no difference, lossless against it ...
+    assert by["ptq_from_float"]["against"] == "float"
+    assert by["ptq_from_float"]["delta_test-clean"] == 0
+    assert by["ptq_from_float"]["lossless"] is True
+    # ... while a PTQ row whose source is not in the table falls back to the reference.
+    assert by["ptq_elsewhere"]["against"] == "ref"
+    assert by["ptq_elsewhere"]["lossless"] is False
+    assert by["ref"]["against"] is None

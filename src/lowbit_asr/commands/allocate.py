@@ -119,6 +119,16 @@ class AllocateConfig:
             return f"{self.budget_mb:g}mb"
         return f"{self.budget_bits:g}bits"
 
+    @property
+    def budget_text(self) -> str:
+        """The budget as the user gave it, for the header: ``budget_bits=3 (…)``."""
+        if self.budget_quantizer is not None:
+            return f"budget_quantizer={self.budget_quantizer} (its accounted size)"
+        if self.budget_mb is not None:
+            return f"budget_mb={self.budget_mb:g}"
+        return (f"budget_bits={self.budget_bits:g} (bits per quantized weight on average,"
+                " scales included)")
+
 
 def validate(plain: dict[str, Any]) -> AllocateConfig:
     """The typed config; an unknown key is an error naming it."""
@@ -262,7 +272,7 @@ def main(dict_cfg: DictConfig) -> dict[str, Any]:
     header = [
         f"{name}: allocated by `lowbit-asr allocate` (scipy.optimize.milp: least summed"
         f" {cfg.sensitivity} sensitivity within the budget).",
-        f"Budget: {budget:,} bits ({math.ceil(budget / 8):,} bytes; {cfg.budget_label});"
+        f"Budget: {budget:,} bits ({math.ceil(budget / 8):,} bytes; {cfg.budget_text});"
         f" predicted size {allocation.total_bytes:,} bytes = {allocation.total_bytes / 1e6:.6f} MB"
         " (`lowbit-asr size` counts the same).",
         "From: " + (cfg.checkpoint or f"random weights of model={cfg.model_name}, vocab"

@@ -10,7 +10,9 @@ is *lossless* on a split unless it is significantly worse at ``ALPHA`` after Hol
 correction over every (point, split) test of its method (trained points form one family,
 post-training ``ptq`` points another; the raw verdict is shown too), and *within +3%* when the
 upper bound of its paired 95% CI of ΔWER is at most 3% of the reference WER. Post-training points
-are drawn with their own marker and are never the reference.
+are drawn with their own marker, are never the reference, and are tested against the float
+checkpoint they quantized where its row is in the table (the fine-tuned reference is not what they
+start from).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ one (3-5), scales included."""
 VERDICT_NOTE = (
     "WER: 95% bootstrap CI over speakers. ΔWER = point − reference float point (the float model"
     " fine-tuned like the grid), with its paired-bootstrap 95% CI (Bisani & Ney 2004, speakers as"
-    " blocks). p: NIST MAPSSWE (matched-pairs sentence-segment word error test, two-sided)."
+    " blocks); a post-training (ptq) point's reference is the float checkpoint it quantized."
+    " p: NIST MAPSSWE (matched-pairs sentence-segment word error test, two-sided)."
     " **Lossless** = not significantly worse than the reference at α = 0.05 after Holm–Bonferroni"
     " correction over every (point, split) test of its method in this table (trained points one"
     " family, post-training ones another) — this is the verdict that decides;"
@@ -117,23 +120,52 @@ def reference_row(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(floats, key=_mean_wer) if floats else None
 
 
+def source_row(row: dict[str, Any], ok: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trained float row whose checkpoint a post-training row quantized (its
+    ``source_checkpoint`` is that row's ``best_checkpoint``), else None."""
+    source = row.get("source_checkpoint")
+    if method(row) != "ptq" or not source:
+        return None
+    resolved = str(Path(source).resolve())
+    for r in ok:
+        if (method(r) != "ptq" and r.get("quant_bits") == 32 and r.get("best_checkpoint")
+                and str(Path(r["best_checkpoint"]).resolve()) == resolved):
+            return r
+    return None
+
+
 def add_significance(flat: list[dict[str, Any]], ok: list[dict[str, Any]],
                      splits: list[str]) -> None:
     """Per item and split: ΔWER against the reference with its paired CI, P(worse), the
     MAPSSWE p-value, Holm-adjusted p, and the ``lossless`` / ``lossless_raw`` / ``within3``
     verdicts (None where either side has no per-utterance results); per item ``lossless`` on
-    every split, and ``reference`` for the reference itself."""
+    every split, and ``reference`` for the reference itself.
+
+    Trained points are tested against :func:`reference_row` (the float model fine-tuned like
+    them); a post-training point against the float checkpoint it quantized (:func:`source_row`)
+    where that row is in the table — the fine-tune is not what PTQ starts from, and its WER
+    differs from the checkpoint's by more than the test's noise — else against the reference.
+    ``against`` names the row each item was tested against."""
     ref = reference_row(ok)
-    ref_scores = _scores(ref) if ref else None
+    cache: dict[int, dict[str, list[UtteranceScore]] | None] = {}
+
+    def scores_of(row: dict[str, Any]) -> dict[str, list[UtteranceScore]] | None:
+        if id(row) not in cache:
+            cache[id(row)] = _scores(row)
+        return cache[id(row)]
+
     keys = ("delta", "delta_low", "delta_high", "prob_worse", "p", "p_holm", "lossless",
             "lossless_raw", "within3")
     tests: list[tuple[dict[str, Any], str]] = []
     for item, row in zip(flat, ok, strict=True):
         item["reference"] = row is ref
+        against = source_row(row, ok) or ref
+        item["against"] = against["run_id"] if against is not None and row is not ref else None
         for s in splits:
             for k in keys:
                 item[f"{k}_{s}"] = None
-        scores = None if row is ref or ref_scores is None else _scores(row)
+        ref_scores = scores_of(against) if against is not None else None
+        scores = None if row is ref or ref_scores is None else scores_of(row)
         for s in splits:
             if scores is None or s not in scores or s not in ref_scores:
                 continue
