@@ -144,3 +144,15 @@ def test_a_post_training_row_is_tested_against_the_checkpoint_it_quantized(
     assert by["ptq_elsewhere"]["against"] == "ref"
     assert by["ptq_elsewhere"]["lossless"] is False
     assert by["ref"]["against"] is None
+
+
+def test_a_post_training_point_far_over_100_percent_does_not_set_the_wer_axis():
+    from lowbit_asr.train.frontier import _y_cap
+
+    def point(wer, high, method):
+        return {"wer_x": wer, "wer_high_x": high, "method": method}
+
+    trained = [point(0.6, 0.65, "qat"), point(0.8, 0.83, "qat")]
+    assert _y_cap([*trained, point(1.79, 1.84, "ptq")], "x") == 100.0
+    # A trained point's CI above 100% is shown whole.
+    assert abs(_y_cap([*trained, point(1.05, 1.1, "qat")], "x") - 110.0) < 1e-9

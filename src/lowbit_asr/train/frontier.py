@@ -367,27 +367,48 @@ def headline_text(flat: list[dict[str, Any]]) -> str:
     return "\n\n".join(out)
 
 
+def _y_cap(items: list[dict[str, Any]], split: str) -> float:
+    """Top of a panel's WER axis (%): 100% or the highest CI bound of a trained point, whichever
+    is higher — a post-training model that emits more words than the references hold (WER far
+    over 100%) must not squash every other point into the bottom of the panel."""
+    highs = [item[f"wer_high_{split}"] or item[f"wer_{split}"] for item in items
+             if item.get("method") != "ptq" and item[f"wer_{split}"] is not None]
+    return 100 * max([1.0, *highs])
+
+
 def _draw(ax: Any, items: list[dict[str, Any]], split: str, names: dict[str, str],
-          front: bool = True) -> None:
-    """One panel: points with WER CIs as error bars, each named; lossless points filled,
-    significantly worse ones hollow; the Pareto front as a step line."""
+          front: bool = True, label_all: bool = True) -> None:
+    """One panel: points with WER CIs as error bars, lossless points filled, significantly worse
+    ones hollow; the Pareto front as a step line. Named: every point (``label_all``) or the
+    front's; a point above the axis cap (:func:`_y_cap`) sits on the top edge, its WER named."""
+    cap = _y_cap(items, split)
+    top = cap * 1.04
     for item in items:
         wer = item[f"wer_{split}"]
         if wer is None:
             continue
         colour = BIT_COLOURS.get(item["bits"], "#7f7f7f")
         low, high = item[f"wer_low_{split}"], item[f"wer_high_{split}"]
-        if low is not None:
+        off_scale = 100 * wer > top
+        y = top if off_scale else 100 * wer
+        if low is not None and not off_scale:
             ax.errorbar(item["size_mb"], 100 * wer,
-                        yerr=[[100 * (wer - low)], [100 * (high - wer)]], fmt="none",
-                        ecolor=colour, elinewidth=0.8, capsize=2, alpha=0.7, zorder=2)
+                        yerr=[[100 * (wer - low)], [100 * (min(high, top / 100) - wer)]],
+                        fmt="none", ecolor=colour, elinewidth=0.8, capsize=2, alpha=0.7,
+                        zorder=2)
         worse = item[f"lossless_{split}"] is False
         marker = (PTQ_MARKER if item.get("method") == "ptq"
                   else GRANULARITY_MARKERS.get(item["granularity"], "x"))
-        ax.scatter(item["size_mb"], 100 * wer, marker=marker, s=55, zorder=3,
+        ax.scatter(item["size_mb"], y, marker=marker, s=55, zorder=3, clip_on=False,
                    facecolors="white" if worse else colour, edgecolors=colour, linewidths=1.2)
-        ax.annotate(names[item["run_id"] + item["path"]], (item["size_mb"], 100 * wer),
-                    textcoords="offset points", xytext=(4, 3), fontsize=6.5, color="#333333")
+        name = names[item["run_id"] + item["path"]]
+        if off_scale:
+            name += f" ({100 * wer:.0f}%, off scale)"
+        if label_all or off_scale or item.get(f"front_{split}"):
+            ax.annotate(name, (item["size_mb"], y), textcoords="offset points",
+                        xytext=(6, -9) if off_scale else (4, 3),
+                        fontsize=6.5, color="#333333", annotation_clip=False)
+    ax.set_ylim(top=top)
     if front:
         line = sorted((i for i in items if i[f"front_{split}"]), key=lambda i: i["size_mb"])
         ax.step([i["size_mb"] for i in line], [100 * i[f"wer_{split}"] for i in line],
@@ -419,9 +440,9 @@ def _legends(fig: Any, items: list[dict[str, Any]]) -> None:
 
 
 def plot(flat: list[dict[str, Any]], splits: list[str], path: Path) -> None:
-    """x = size MB (log), y = WER % with its 95% CI, colour = bits, marker = granularity, each
-    point named, the front as a line; hollow markers are significantly worse than the
-    reference."""
+    """x = size MB (log), y = WER % with its 95% CI, colour = bits, marker = granularity, the
+    front as a line and its points named (the per-group plots name every point); hollow markers
+    are significantly worse than the reference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -431,10 +452,12 @@ def plot(flat: list[dict[str, Any]], splits: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(7 * max(len(splits), 1), 5.2),
                              squeeze=False)
     for ax, split in zip(axes[0], splits, strict=False):
-        _draw(ax, flat, split, names)
+        _draw(ax, flat, split, names, label_all=False)
         ax.set_title(split)
     _legends(fig, flat)
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    fig.text(0.5, 0.005, "named: the points on the front (every point: frontier_<bits>_"
+             "<granularity>.png); error bars: 95% CI", ha="center", fontsize=7, color="#555555")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.88))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
