@@ -158,6 +158,21 @@ def check_resume(run_dir: Path, plain: dict[str, Any]) -> None:
         write_text_atomic(saved_path, json.dumps(plain, indent=1, sort_keys=True))
 
 
+def seed_all(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global generators (and the loader workers').
+
+    Called before each step whose randomness must not depend on what ran before it: data
+    preparation draws from torch's global generator only when it has work to do (every
+    DataLoader iterator draws a base seed, and feature extraction runs one per split with
+    features still to compute), so with one seed at the start a cold feature cache and a warm
+    one started the model from different weights (100 float_mini steps of one commit: other
+    losses from the first logged step on, cold against warm; each repeatable). The data
+    pipeline's own draws (batch order, perturbation, SpecAugment) come from generators seeded
+    by (seed, epoch, utterance) and need no reseeding.
+    """
+    L.seed_everything(seed, workers=True, verbose=False)
+
+
 def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train, then evaluate every test split; returns the result row."""
     cfg = validate(plain)  # fails here, before any data is read, on a wrong key or value
@@ -165,7 +180,7 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     commit = git_commit()  # now: the checkout may change while a long run trains
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    L.seed_everything(cfg.seed, workers=True)
+    seed_all(cfg.seed)
 
     init = read_checkpoint(cfg.init.checkpoint) if cfg.init.mode == "float_ckpt" else None
     # QAT from a float checkpoint keeps its tokenizer and (with its weights) the statistics of
@@ -173,6 +188,7 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     data = AsrDataModule(cfg.dataset, tokenizer=checkpoint_tokenizer(init) if init else None)
     if init is None:
         data.prepare_data()  # builds the tokenizer the model's output size depends on
+    seed_all(cfg.seed)  # the initial weights, whatever data preparation drew (see seed_all)
     module = RNNTModule(
         model=plain["model"], tokenizer=data.tokenizer.state_dict(), quantizer=plain["quantizer"],
         optim=plain.get("optim"), fake_quant_after_steps=cfg.init.fake_quant_after_steps,
@@ -215,6 +231,7 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     )
     if resume:
         log.info("resuming from %s", resume)
+    seed_all(cfg.seed)  # dropout and the loader's worker seeds: not after the data preparation
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     except SIGTERMException as stop:
