@@ -29,6 +29,7 @@ from torch import nn
 
 from lowbit_asr.model.rnnt import build_model, count_parameters
 from lowbit_asr.quant import QuantPolicy, fake_quant_modules, prepare, size_report
+from lowbit_asr.quant.fake_quant import use_compiled_fake_quant
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -46,6 +47,20 @@ POLICIES = {
 }
 
 
+COMPILED = ", compiled"
+
+
+def _fake_quantized(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every fake-quantized weight of ``model``, computed compiled."""
+    use_compiled_fake_quant(True)
+    with torch.no_grad():
+        out = {name: getattr(model.get_submodule(name.rsplit(".", 1)[0]),
+                             name.rsplit(".", 1)[1]).detach().clone()
+               for name, _ in fake_quant_modules(model)}
+    use_compiled_fake_quant(False)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="conformer_tiny", help="a name under conf/model/")
@@ -61,6 +76,8 @@ def main() -> None:
                         help="encoder + predictor forward+backward only (no joiner, no loss):"
                              " the largest fake-quant share")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--compile", action="store_true",
+                        help="also each policy with use_compiled_fake_quant (torch.compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -72,6 +89,9 @@ def main() -> None:
         if args.no_search and "search" in label:
             continue
         variants[label] = prepare(copy.deepcopy(base), QuantPolicy.from_config(config))
+        if args.compile:
+            variants[label + COMPILED] = prepare(copy.deepcopy(base),
+                                                 QuantPolicy.from_config(config))
 
     frames = int(args.seconds * 100)
     feats = torch.randn(args.batch, frames, 80)
@@ -106,11 +126,19 @@ def main() -> None:
 
     for i in range(args.warmup + args.steps):
         for label, model in variants.items():
+            use_compiled_fake_quant(label.endswith(COMPILED))  # the first step compiles
             elapsed = step(model)
             if i >= args.warmup:
                 times[label].append(elapsed)
                 if label in fq_times:
                     fq_times[label].append(fake_quant_all(model))
+    use_compiled_fake_quant(False)
+    for label in variants:  # the compiled variants compute the same weights, bit for bit
+        if label.endswith(COMPILED):
+            twin = variants[label.removesuffix(COMPILED)]
+            assert all(torch.equal(getattr(twin.get_submodule(n.rsplit(".", 1)[0]),
+                                           n.rsplit(".", 1)[1]).detach(), w)
+                       for n, w in _fake_quantized(variants[label]).items()), label
 
     float_ms = statistics.median(times["float"]) * 1e3
     report = size_report(base, QuantPolicy.from_config(POLICIES["int2 asym g16"]))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lowbit_asr.quant import ClipSearch, QuantSpec, dequantize, fake_quantize, quantize
+from lowbit_asr.quant.fake_quant import compiled_fake_quant, use_compiled_fake_quant
 
 # ---- independent reference, float64, written from METHOD.md's formulas ------------------------
 
@@ -282,3 +283,42 @@ def test_group_size_must_divide():
         quantize(torch.randn(3, 16), QuantSpec(4, sub_channels=3))
     with pytest.raises(ValueError, match=">= 2 dims"):
         fake_quantize(torch.randn(16), QuantSpec(4))
+
+
+# ---- the compiled path (trainer.compile_fake_quant) --------------------------------------------
+
+
+@pytest.fixture
+def compiled():
+    """use_compiled_fake_quant on for one test, off afterwards whatever happens."""
+    use_compiled_fake_quant(True)
+    try:
+        yield
+    finally:
+        use_compiled_fake_quant(False)
+
+
+@pytest.mark.parametrize(("shape", "spec"), [
+    # float16 scales and offsets: the round trip Inductor drops without emulate_precision_casts
+    ((48, 40), QuantSpec(bits=2, symmetric=False, group_size=8)),
+    ((24, 4, 5), QuantSpec(bits=4, symmetric=True)),  # a convolution, per channel, clipped
+    ((40, 32), QuantSpec(bits=8, symmetric=False, group_size=16, scale_dtype="bfloat16",
+                         clip=0.9)),
+    ((33, 16), QuantSpec(bits=3, symmetric=False, scale_dtype="float32")),
+])
+def test_compiled_fake_quant_equals_eager_bit_for_bit(compiled, shape, spec):
+    torch.manual_seed(0)
+    weight = torch.randn(shape) * 0.05
+    weight[0] = 0.25  # a constant row: the offset keeps its value
+    weight[1, :4] = 0.0
+    use_compiled_fake_quant(False)
+    eager = fake_quantize(weight, spec)
+    use_compiled_fake_quant(True)
+    leaf = weight.clone().requires_grad_(True)
+    out = fake_quantize(leaf, spec)
+    assert compiled_fake_quant()
+    assert torch.equal(out, eager)  # exactly what quantize/dequantize (the export) give
+    assert torch.equal(out, dequantize(quantize(weight, spec)))
+    grad = torch.randn(shape)
+    out.backward(grad)
+    assert torch.equal(leaf.grad, grad)  # still the straight-through estimator

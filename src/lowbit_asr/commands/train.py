@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.files import FolderLock, write_text_atomic
+from lowbit_asr.quant.fake_quant import use_compiled_fake_quant
 from lowbit_asr.train.checkpoint import (
     AtomicCheckpointIO,
     checkpoint_tokenizer,
@@ -180,6 +181,7 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     commit = git_commit()  # now: the checkout may change while a long run trains
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
+    use_compiled_fake_quant(cfg.trainer.compile_fake_quant)
     seed_all(cfg.seed)
 
     init = read_checkpoint(cfg.init.checkpoint) if cfg.init.mode == "float_ckpt" else None

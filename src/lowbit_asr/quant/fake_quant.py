@@ -223,6 +223,51 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> Tenso
     return out.reshape(qw.shape).to(dtype)
 
 
+def _fake_quant_forward(weight: Tensor, spec: QuantSpec, group_size: int) -> Tensor:
+    """Quantize-dequantize of ``weight`` (any shape, any float dtype), no gradient."""
+    w = grouped_view(weight.to(torch.float32), group_size)  # (O, G, g); a view if float32
+    if spec.clip_search is not None:
+        w_hat, _, _ = _search_clip(w, spec)
+    else:
+        w_hat, _, _ = _fake_quant_groups(w, spec, float(spec.clip))
+    return w_hat.reshape(weight.shape).to(weight.dtype)
+
+
+_compiled_forward = None  # the torch.compile wrapper, built once (its graphs are cached on it)
+_use_compiled = False  # set by use_compiled_fake_quant
+
+
+def use_compiled_fake_quant(enabled: bool = True) -> None:
+    """Run the min/max fake quantization (no clip search, no learned scales) through
+    ``torch.compile``.
+
+    Inductor fuses the ~8 passes over a weight (min/max, scale, codes, dequantize) into one
+    kernel. The values stay bit-identical to the eager ones (tested), because Inductor's CPU
+    code is built without unsafe-math flags or FP contraction (torch 2.14) and
+    ``emulate_precision_casts`` keeps the float16 rounding of the scales and offsets (without it
+    Inductor drops the float32 -> float16 -> float32 round trip and codes move by whole steps).
+    Costs a compilation (seconds) per weight shape and spec at the first step; needs a C++
+    compiler on the CPU. Process-wide, like ``torch.set_num_threads``. Clip search stays eager:
+    its error sums depend on the summation order, which Inductor's kernels need not share with
+    the eager :func:`quantize` of the export (min and max do not); so do learned scales (LSQ),
+    whose backward is autograd's.
+    """
+    global _compiled_forward, _use_compiled
+    if enabled and _compiled_forward is None:
+        # Every weight shape x spec is its own static graph (a dynamic-shape kernel ran slower
+        # in benchmarks/qat_overhead.py); the recompile limit (8 per function by default) must
+        # allow them all, or the rest silently run eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        _compiled_forward = torch.compile(_fake_quant_forward, dynamic=False,
+                                          options={"emulate_precision_casts": True})
+    _use_compiled = enabled
+
+
+def compiled_fake_quant() -> bool:
+    """Whether :func:`use_compiled_fake_quant` is on."""
+    return _use_compiled
+
+
 class _FakeQuantSTE(torch.autograd.Function):
     """Forward: quantize-dequantize. Backward: identity (straight-through estimator).
 
@@ -232,12 +277,9 @@ class _FakeQuantSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: Tensor, spec: QuantSpec, group_size: int) -> Tensor:  # type: ignore[override]
-        w = grouped_view(weight.to(torch.float32), group_size)  # (O, G, g); a view if float32
-        if spec.clip_search is not None:
-            w_hat, _, _ = _search_clip(w, spec)
-        else:
-            w_hat, _, _ = _fake_quant_groups(w, spec, float(spec.clip))
-        return w_hat.reshape(weight.shape).to(weight.dtype)
+        compiled = _use_compiled and spec.clip_search is None
+        forward = _compiled_forward if compiled else _fake_quant_forward
+        return forward(weight, spec, group_size)  # type: ignore[misc]
 
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]

@@ -37,7 +37,8 @@ def _build(cls: type, data: Mapping[str, Any] | None, key: str) -> Any:
 
 @dataclass
 class TrainerConfig:
-    """The subset of ``lightning.Trainer`` arguments the recipes set, plus CPU threads."""
+    """The subset of ``lightning.Trainer`` arguments the recipes set, plus CPU threads and the
+    compiled fake quantization (how the process runs, not Lightning's)."""
 
     accelerator: str = "cpu"
     """``cpu``, ``gpu`` or ``auto``."""
@@ -51,6 +52,10 @@ class TrainerConfig:
     """``32-true``, ``bf16-mixed`` or ``16-mixed``."""
     threads: int = 0
     """torch intra-op threads per process; 0 leaves torch's default (all cores)."""
+    compile_fake_quant: bool = False
+    """Fuse min/max fake quantization with ``torch.compile`` (bit-identical values; a few
+    seconds of compilation per weight shape at the first step: for long QAT runs, see
+    :func:`lowbit_asr.quant.fake_quant.use_compiled_fake_quant`)."""
     max_steps: int = 3000
     """Optimiser steps to train (also the cosine schedule's length)."""
     max_epochs: int = -1
@@ -92,6 +97,9 @@ class TrainerConfig:
             )
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"trainer.threads must be an integer >= 0, got {self.threads!r}")
+        if not isinstance(self.compile_fake_quant, bool):
+            raise ValueError("trainer.compile_fake_quant must be true or false, got"
+                             f" {self.compile_fake_quant!r}")
         if isinstance(self.val_check_interval, int) and self.check_val_every_n_epoch is not None:
             raise ValueError(
                 f"trainer.check_val_every_n_epoch={self.check_val_every_n_epoch} does nothing with"
@@ -101,7 +109,8 @@ class TrainerConfig:
 
     def lightning_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``lightning.Trainer``."""
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "threads"}
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("threads", "compile_fake_quant")}
         # The bucketing batch sampler shards across ranks itself.
         kwargs["use_distributed_sampler"] = False
         return kwargs
@@ -247,7 +256,8 @@ def validate(cfg: Mapping[str, Any]) -> TrainConfig:
 RUN_CONFIG_FILE = "run_config.json"
 """The composed config a run folder was started with (what a resume is checked against)."""
 RESUME_SAFE_KEYS = (
-    "output_dir", "trainer.max_time", "trainer.threads", "trainer.enable_progress_bar",
+    "output_dir", "trainer.max_time", "trainer.threads", "trainer.compile_fake_quant",
+    "trainer.enable_progress_bar",
     "trainer.log_every_n_steps", "logger.", "dataset.num_workers", "dataset.cache_dir",
     "dataset.precompute_features", "model.decoding.",
 )
