@@ -51,14 +51,11 @@ COMPILED = ", compiled"
 
 
 def _fake_quantized(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every fake-quantized weight of ``model``, computed compiled."""
-    use_compiled_fake_quant(True)
+    """Every fake-quantized weight of ``model``, as the current mode computes it."""
     with torch.no_grad():
-        out = {name: getattr(model.get_submodule(name.rsplit(".", 1)[0]),
-                             name.rsplit(".", 1)[1]).detach().clone()
-               for name, _ in fake_quant_modules(model)}
-    use_compiled_fake_quant(False)
-    return out
+        return {name: getattr(model.get_submodule(owner), attr).clone()
+                for name, _ in fake_quant_modules(model)
+                for owner, attr in [name.rsplit(".", 1)]}
 
 
 def main() -> None:
@@ -132,13 +129,14 @@ def main() -> None:
                 times[label].append(elapsed)
                 if label in fq_times:
                     fq_times[label].append(fake_quant_all(model))
-    use_compiled_fake_quant(False)
     for label in variants:  # the compiled variants compute the same weights, bit for bit
         if label.endswith(COMPILED):
-            twin = variants[label.removesuffix(COMPILED)]
-            assert all(torch.equal(getattr(twin.get_submodule(n.rsplit(".", 1)[0]),
-                                           n.rsplit(".", 1)[1]).detach(), w)
-                       for n, w in _fake_quantized(variants[label]).items()), label
+            use_compiled_fake_quant(True)
+            compiled = _fake_quantized(variants[label])
+            use_compiled_fake_quant(False)
+            eager = _fake_quantized(variants[label.removesuffix(COMPILED)])
+            assert all(torch.equal(compiled[n], eager[n]) for n in eager), label
+    use_compiled_fake_quant(False)
 
     float_ms = statistics.median(times["float"]) * 1e3
     report = size_report(base, QuantPolicy.from_config(POLICIES["int2 asym g16"]))

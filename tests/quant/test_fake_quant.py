@@ -301,7 +301,7 @@ def compiled():
 @pytest.mark.parametrize(("shape", "spec"), [
     # float16 scales and offsets: the round trip Inductor drops without emulate_precision_casts
     ((48, 40), QuantSpec(bits=2, symmetric=False, group_size=8)),
-    ((24, 4, 5), QuantSpec(bits=4, symmetric=True)),  # a convolution, per channel, clipped
+    ((24, 4, 5), QuantSpec(bits=4, symmetric=True)),  # a convolution, per channel, symmetric
     ((40, 32), QuantSpec(bits=8, symmetric=False, group_size=16, scale_dtype="bfloat16",
                          clip=0.9)),
     ((33, 16), QuantSpec(bits=3, symmetric=False, scale_dtype="float32")),
