@@ -3,32 +3,48 @@
 Prints a markdown table (median ms per forward+backward step, ratio to float) for float,
 int2 asymmetric sub-channel (group 16), and the same with per-tensor and per-channel clip
 search, on a model built from ``conf/model/<model>.yaml`` with random features and targets.
-A second table times the fake quantization of all weights alone (what QAT adds to a forward;
-the straight-through backward is free).
+Each policy runs with every weight fake-quantized on its own as the forward reads it, and
+"batched" (``batched_fake_quant``, as the LightningModule's training and validation steps run:
+all weights of a spec at once); ``--compile`` adds both through ``torch.compile``. A last column
+times the fake quantization of all weights alone (what QAT adds to a forward; the
+straight-through backward is free). Every variant is checked to compute the same weights, bit
+for bit.
 
     python benchmarks/qat_overhead.py [--model conformer_tiny] [--batch 8] [--seconds 8]
     python benchmarks/qat_overhead.py --no-loss --no-search --batch 16 --seconds 2   # issue 13:
         # 6 x 144 Conformer blocks + the LSTM predictor, 16 x 200 frames, no joiner or loss
 
-Variants are interleaved (A, B, C, A, B, C, ...) so drift in machine load hits all alike; the
-median of ``--steps`` timed steps is reported after ``--warmup`` steps. Run it on a quiet
+Each round runs every variant once, in a seeded random order, so drift in machine load hits all
+alike and no variant always follows the same one; after ``--warmup`` rounds, ``--steps`` rounds
+are timed. Reported: the median step, the ratio of medians, and the paired ratio (the median of
+each round's variant / float, with a bootstrap CI), which is the one to quote. Run it on a quiet
 machine: with other processes on the cores, OpenMP threads stall and ratios mean little.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import random
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+import scipy.stats
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
 from lowbit_asr.model.rnnt import build_model, count_parameters
-from lowbit_asr.quant import QuantPolicy, fake_quant_modules, prepare, size_report
+from lowbit_asr.quant import (
+    QuantPolicy,
+    batched_fake_quant,
+    fake_quant_modules,
+    prepare,
+    size_report,
+)
 from lowbit_asr.quant.fake_quant import use_compiled_fake_quant
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -48,11 +64,13 @@ POLICIES = {
 
 
 COMPILED = ", compiled"
+BATCHED = ", batched"
 
 
-def _fake_quantized(model: nn.Module) -> dict[str, torch.Tensor]:
+def _fake_quantized(model: nn.Module, batched: bool) -> dict[str, torch.Tensor]:
     """Every fake-quantized weight of ``model``, as the current mode computes it."""
-    with torch.no_grad():
+    scope = batched_fake_quant(model) if batched else contextlib.nullcontext()
+    with torch.no_grad(), scope:
         return {name: getattr(model.get_submodule(owner), attr).clone()
                 for name, _ in fake_quant_modules(model)
                 for owner, attr in [name.rsplit(".", 1)]}
@@ -81,14 +99,16 @@ def main() -> None:
 
     model_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{args.model}.yaml"))
     base = build_model(model_cfg, args.vocab).train()
-    variants: dict[str, nn.Module] = {"float": base}
+    # label -> (model, compiled, batched); each its own copy, so no variant warms another's cache
+    variants: dict[str, tuple[nn.Module, bool, bool]] = {"float": (base, False, False)}
     for label, config in POLICIES.items():
         if args.no_search and "search" in label:
             continue
-        variants[label] = prepare(copy.deepcopy(base), QuantPolicy.from_config(config))
-        if args.compile:
-            variants[label + COMPILED] = prepare(copy.deepcopy(base),
-                                                 QuantPolicy.from_config(config))
+        for compiled in [False, True] if args.compile else [False]:
+            for batched in (False, True):
+                name = label + (COMPILED if compiled else "") + (BATCHED if batched else "")
+                variants[name] = (prepare(copy.deepcopy(base), QuantPolicy.from_config(config)),
+                                  compiled, batched)
 
     frames = int(args.seconds * 100)
     feats = torch.randn(args.batch, frames, 80)
@@ -100,10 +120,12 @@ def main() -> None:
 
     sos_targets = torch.cat([torch.zeros_like(targets[:, :1]), targets], dim=1)
 
-    def step(model: nn.Module) -> float:
+    def step(model: nn.Module, batched: bool) -> float:
         start = time.perf_counter()
         model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        scope = batched_fake_quant(model) if batched else contextlib.nullcontext()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"), \
+                scope:  # as the LightningModule's training_step runs its forward
             if args.no_loss:
                 enc, _ = model.encode(feats, feat_lens)  # (N, T', E)
                 pred, _ = model.predictor(sos_targets)  # (N, U+1, H)
@@ -113,29 +135,36 @@ def main() -> None:
         loss.backward()
         return time.perf_counter() - start
 
-    def fake_quant_all(model: nn.Module) -> float:
+    def fake_quant_all(model: nn.Module, batched: bool) -> float:
         start = time.perf_counter()
-        with torch.no_grad():
+        scope = batched_fake_quant(model) if batched else contextlib.nullcontext()
+        with torch.no_grad(), scope:
             for name, _ in fake_quant_modules(model):
                 module_name, attr = name.rsplit(".", 1)
                 getattr(model.get_submodule(module_name), attr)
         return time.perf_counter() - start
 
+    order = random.Random(0)  # each round runs the variants in a new (seeded) order
     for i in range(args.warmup + args.steps):
-        for label, model in variants.items():
-            use_compiled_fake_quant(label.endswith(COMPILED))  # the first step compiles
-            elapsed = step(model)
+        labels = list(variants)
+        order.shuffle(labels)
+        for label in labels:
+            model, compiled, batched = variants[label]
+            use_compiled_fake_quant(compiled)  # the first step compiles
+            elapsed = step(model, batched)
             if i >= args.warmup:
                 times[label].append(elapsed)
                 if label in fq_times:
-                    fq_times[label].append(fake_quant_all(model))
-    for label in variants:  # the compiled variants compute the same weights, bit for bit
-        if label.endswith(COMPILED):
-            use_compiled_fake_quant(True)
-            compiled = _fake_quantized(variants[label])
+                    fq_times[label].append(fake_quant_all(model, batched))
+    # every variant of a policy computes the same weights, bit for bit
+    for label, (model, compiled, batched) in variants.items():
+        if compiled or batched:
+            reference = variants[label.removesuffix(BATCHED).removesuffix(COMPILED)][0]
+            use_compiled_fake_quant(compiled)
+            values = _fake_quantized(model, batched)
             use_compiled_fake_quant(False)
-            eager = _fake_quantized(variants[label.removesuffix(COMPILED)])
-            assert all(torch.equal(compiled[n], eager[n]) for n in eager), label
+            expected = _fake_quantized(reference, False)
+            assert all(torch.equal(values[n], expected[n]) for n in expected), label
     use_compiled_fake_quant(False)
 
     float_ms = statistics.median(times["float"]) * 1e3
@@ -148,12 +177,27 @@ def main() -> None:
           f" torch {torch.__version__}")
     print(f"int2 asym g16: {report.total_mb:.3f} MB vs float32"
           f" {report.float32_bytes / 1e6:.3f} MB\n")
-    print("| variant | step ms (median) | min ms | ratio to float | fake-quant of all weights ms |")
-    print("|---|---:|---:|---:|---:|")
+    print("| variant | step ms (median) | min ms | ratio of medians | paired ratio [95% CI] |"
+          " fake-quant of all weights ms |")
+    print("|---|---:|---:|---:|---:|---:|")
     for label, samples in times.items():
         ms = statistics.median(samples) * 1e3
         fq = f"{statistics.median(fq_times[label]) * 1e3:.1f}" if label in fq_times else "–"
-        print(f"| {label} | {ms:.1f} | {min(samples) * 1e3:.1f} | {ms / float_ms:.3f} | {fq} |")
+        print(f"| {label} | {ms:.1f} | {min(samples) * 1e3:.1f} | {ms / float_ms:.3f} |"
+              f" {_paired_ratio(samples, times['float'])} | {fq} |")
+    print("\npaired ratio: median over rounds of (variant step / float step of the same round),"
+          " 95% percentile-bootstrap CI (scipy.stats.bootstrap, 2,000 resamples) — the machine's"
+          " drift between rounds cancels in it, not in the ratio of medians.")
+
+
+def _paired_ratio(samples: list[float], float_samples: list[float]) -> str:
+    """Median of the per-round ratios with a 95% bootstrap CI, as text."""
+    ratios = np.asarray(samples) / np.asarray(float_samples)
+    if np.all(ratios == 1.0):
+        return "1"
+    ci = scipy.stats.bootstrap((ratios,), np.median, n_resamples=2000, method="percentile",
+                               random_state=0).confidence_interval
+    return f"{np.median(ratios):.3f} [{ci.low:.3f}, {ci.high:.3f}]"
 
 
 if __name__ == "__main__":

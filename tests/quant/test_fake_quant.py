@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from lowbit_asr.quant import ClipSearch, QuantSpec, dequantize, fake_quantize, quantize
-from lowbit_asr.quant.fake_quant import compiled_fake_quant, use_compiled_fake_quant
+from lowbit_asr.quant.fake_quant import (
+    compiled_fake_quant,
+    fake_quantize_many,
+    straight_through,
+    use_compiled_fake_quant,
+)
 
 # ---- independent reference, float64, written from METHOD.md's formulas ------------------------
 
@@ -322,3 +327,27 @@ def test_compiled_fake_quant_equals_eager_bit_for_bit(compiled, shape, spec):
     grad = torch.randn(shape)
     out.backward(grad)
     assert torch.equal(leaf.grad, grad)  # still the straight-through estimator
+
+
+@pytest.mark.parametrize("compile_on", [False, True])
+def test_fake_quantize_many_equals_fake_quantize_per_weight(compile_on):
+    torch.manual_seed(1)
+    spec = QuantSpec(bits=2, symmetric=False, group_size=8)  # float16 grid: the casts matter
+    weights = [torch.randn(48, 40) * 0.05, torch.randn(24, 16, 3) * 0.1, torch.randn(7, 5)]
+    weights[0][0] = 0.25  # a constant row
+    sizes = [8, 8, 5]  # the third per channel (K = 5)
+    expected = [fake_quantize(w, spec, group_size=g) for w, g in zip(weights, sizes, strict=True)]
+    use_compiled_fake_quant(compile_on)
+    try:
+        leaves = [w.clone().requires_grad_(True) for w in weights]
+        outs = fake_quantize_many(leaves, spec, sizes)
+        assert compiled_fake_quant() == compile_on
+    finally:
+        use_compiled_fake_quant(False)
+    assert all(torch.equal(o, e) for o, e in zip(outs, expected, strict=True))
+    assert not any(o.requires_grad for o in outs)  # values only; straight_through attaches them
+    grad = torch.randn(48, 40)
+    straight_through(leaves[0], outs[0]).backward(grad)
+    assert torch.equal(leaves[0].grad, grad)
+    with pytest.raises(ValueError, match="does not match weight"):
+        straight_through(leaves[1], outs[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import io
 
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 from lowbit_asr.quant import (
     QuantPolicy,
     QuantSpec,
+    batched_fake_quant,
     fake_quant_disabled,
     fake_quant_modules,
     fake_quantize,
@@ -20,6 +22,10 @@ from lowbit_asr.quant import (
     prepare,
     set_fake_quant_enabled,
 )
+from lowbit_asr.quant.fake_quant import use_compiled_fake_quant
+
+# the module, not the function of the same name that lowbit_asr.quant exports
+prepare_module = importlib.import_module("lowbit_asr.quant.prepare")
 
 
 class Zoo(nn.Module):
@@ -234,3 +240,91 @@ def test_two_dimensional_biases_stay_float():
     with pytest.raises(ValueError, match="matches no quantizable weight"):
         QuantPolicy.from_config({"rules": [{"pattern": "*pos_bias*", "spec": {"bits": 8}}]}).plan(
             RelPosBias())
+
+
+# ---- batched_fake_quant: every weight at once, per forward -------------------------------------
+
+
+def _batched_policy() -> QuantPolicy:
+    """_policy() plus a clipped spec and an LSQ weight (which keeps its own path)."""
+    config = {
+        "default": {"bits": 2, "symmetric": False, "group_size": 8},
+        "rules": [
+            {"pattern": "conv2d.weight", "spec": {"bits": 8}},
+            {"pattern": "depthwise.weight", "spec": {"bits": 4, "symmetric": False}},
+            {"pattern": "re:lstm\\.weight_hh_l\\d", "spec": {"bits": 3, "symmetric": False,
+                                                             "sub_channels": 2}},
+            {"pattern": "mha.out_proj.weight", "spec": {"bits": 4, "clip": 0.9}},
+            {"pattern": "joiner.weight", "spec": {"bits": 4, "scale": "learned"}},
+        ],
+    }
+    return QuantPolicy.from_config(config)
+
+
+def _forward_backward(model: nn.Module, batched: bool) -> tuple[torch.Tensor, dict]:
+    model.zero_grad(set_to_none=True)
+    feats, tokens = _inputs()
+    if batched:
+        with batched_fake_quant(model):
+            out = model(feats, tokens)
+    else:
+        out = model(feats, tokens)
+    out.square().sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("compile_on", [False, True])
+def test_batched_fake_quant_gives_the_per_weight_values_and_gradients(compile_on, monkeypatch):
+    model = prepare(_zoo().train(), _batched_policy())
+    ref_out, ref_grads = _forward_backward(model, batched=False)
+    calls = []
+    real = prepare_module.fake_quantize_many
+    monkeypatch.setattr(prepare_module, "fake_quantize_many",
+                        lambda ws, spec, gs: calls.append(spec) or real(ws, spec, gs))
+    per_weight = prepare_module.fake_quantize
+    monkeypatch.setattr(prepare_module, "fake_quantize", lambda *a, **k: pytest.fail(
+        "a weight was fake-quantized on its own inside the scope"))
+    use_compiled_fake_quant(compile_on)
+    try:
+        out, grads = _forward_backward(model, batched=True)
+    finally:
+        use_compiled_fake_quant(False)
+    # one call per min/max spec (the learned joiner is not among them), and nothing per weight
+    assert len(calls) == len(set(calls)) == 5
+    assert torch.equal(out, ref_out)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        assert torch.equal(grad, ref_grads[name]), name
+    assert all(fq._batch is None for _, fq in fake_quant_modules(model))  # the scope is over
+    monkeypatch.setattr(prepare_module, "fake_quantize", per_weight)
+    assert torch.equal(_forward_backward(model, batched=False)[0], ref_out)
+
+
+def test_batched_fake_quant_recomputes_a_weight_changed_inside_and_nests():
+    model = prepare(_zoo(), _policy())
+    spec = QuantSpec(bits=2, symmetric=False, group_size=8)
+    with batched_fake_quant(model), torch.no_grad():
+        before = model.proj.weight.clone()
+        model.proj.parametrizations.weight.original.mul_(2.0)
+        after = model.proj.weight
+        with batched_fake_quant(model):  # a scope inside another changes nothing
+            assert torch.equal(model.proj.weight, after)
+        assert model.proj.parametrizations.weight[0]._batch is not None
+    expected = fake_quantize(model.proj.parametrizations.weight.original, spec, group_size=8)
+    assert torch.equal(after, expected)
+    assert not torch.equal(after, before)
+    with pytest.raises(RuntimeError, match="boom"), batched_fake_quant(model):
+        raise RuntimeError("boom")
+    assert all(fq._batch is None for _, fq in fake_quant_modules(model))
+
+
+def test_batched_fake_quant_respects_disabled_weights_and_float_models():
+    model = prepare(_zoo(), _policy())
+    feats, tokens = _inputs()
+    with torch.no_grad():
+        float_out = _zoo()(feats, tokens)
+        with fake_quant_disabled(model), batched_fake_quant(model):
+            assert torch.equal(model(feats, tokens), float_out)
+        plain = _zoo()
+        with batched_fake_quant(plain):
+            assert torch.equal(plain(feats, tokens), float_out)

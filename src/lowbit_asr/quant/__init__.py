@@ -25,6 +25,7 @@ from lowbit_asr.quant.packing import pack_codes, packed_nbytes, unpack_codes
 from lowbit_asr.quant.policy import PlannedTensor, PolicyRule, QuantPolicy
 from lowbit_asr.quant.prepare import (
     FakeQuantize,
+    batched_fake_quant,
     fake_quant_disabled,
     fake_quant_modules,
     is_fake_quant_enabled,
@@ -47,6 +48,7 @@ __all__ = [
     "QuantizedWeight",
     "SizeReport",
     "SizeRow",
+    "batched_fake_quant",
     "dequantize",
     "fake_quant_disabled",
     "fake_quant_modules",

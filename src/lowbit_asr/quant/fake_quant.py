@@ -233,7 +233,14 @@ def _fake_quant_forward(weight: Tensor, spec: QuantSpec, group_size: int) -> Ten
     return w_hat.reshape(weight.shape).to(weight.dtype)
 
 
-_compiled_forward = None  # the torch.compile wrapper, built once (its graphs are cached on it)
+def _fake_quant_many(weights: list[Tensor], spec: QuantSpec,
+                     group_sizes: tuple[int, ...]) -> list[Tensor]:
+    """:func:`_fake_quant_forward` of each weight (one spec), as one function to compile."""
+    return [_fake_quant_forward(w, spec, g) for w, g in zip(weights, group_sizes, strict=True)]
+
+
+_compiled_forward = None  # the torch.compile wrappers, built once (their graphs are cached on them)
+_compiled_many = None
 _use_compiled = False  # set by use_compiled_fake_quant
 
 
@@ -252,14 +259,15 @@ def use_compiled_fake_quant(enabled: bool = True) -> None:
     the eager :func:`quantize` of the export (min and max do not); so do learned scales (LSQ),
     whose backward is autograd's.
     """
-    global _compiled_forward, _use_compiled
+    global _compiled_forward, _compiled_many, _use_compiled
     if enabled and _compiled_forward is None:
         # Every weight shape x spec is its own static graph (a dynamic-shape kernel ran slower
         # in benchmarks/qat_overhead.py); the recompile limit (8 per function by default) must
         # allow them all, or the rest silently run eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
-        _compiled_forward = torch.compile(_fake_quant_forward, dynamic=False,
-                                          options={"emulate_precision_casts": True})
+        options = {"emulate_precision_casts": True}
+        _compiled_forward = torch.compile(_fake_quant_forward, dynamic=False, options=options)
+        _compiled_many = torch.compile(_fake_quant_many, dynamic=False, options=options)
     _use_compiled = enabled
 
 
@@ -284,6 +292,46 @@ class _FakeQuantSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         return grad_output, None, None
+
+
+def fake_quantize_many(weights: list[Tensor], spec: QuantSpec,
+                       group_sizes: list[int] | tuple[int, ...]) -> list[Tensor]:
+    """Quantize-dequantize of several weights that share ``spec``, without gradients: for
+    each, the value :func:`fake_quantize` gives it (bit for bit; tested).
+
+    With :func:`use_compiled_fake_quant` and a min/max spec this is one compiled call for all
+    of them: one guard check and one generated C++ wrapper instead of one per weight, which at
+    ~70 weights of a few thousand to a few hundred thousand elements is most of what the
+    per-weight compiled calls cost (``benchmarks/qat_overhead.py``). Otherwise each weight is
+    computed as :func:`fake_quantize` does.
+    """
+    sizes = tuple(group_sizes)
+    with torch.no_grad():
+        if _use_compiled and spec.clip_search is None:
+            return _compiled_many(list(weights), spec, sizes)  # type: ignore[misc]
+        return _fake_quant_many(list(weights), spec, sizes)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``value`` (a fake-quantized ``weight`` computed beforehand, without gradient).
+    Backward: the gradient goes to ``weight`` unchanged, as :class:`_FakeQuantSTE`'s does."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, value: Tensor) -> Tensor:  # type: ignore[override]
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad_output, None
+
+
+def straight_through(weight: Tensor, value: Tensor) -> Tensor:
+    """``value`` with the straight-through gradient to ``weight`` (same shape and dtype):
+    how a weight fake-quantized by :func:`fake_quantize_many` enters the autograd graph."""
+    if value.shape != weight.shape or value.dtype != weight.dtype:
+        raise ValueError(f"straight_through: value {tuple(value.shape)} {value.dtype} does not"
+                         f" match weight {tuple(weight.shape)} {weight.dtype}")
+    return _StraightThrough.apply(weight, value)
 
 
 def lsq_gradient_scale(spec: QuantSpec, group_size: int) -> float:

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import re
+import weakref
 from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from lowbit_asr.quant.fake_quant import fake_quantize, fake_quantize_learned, initial_grid
+from lowbit_asr.quant.fake_quant import (
+    fake_quantize,
+    fake_quantize_learned,
+    fake_quantize_many,
+    initial_grid,
+    straight_through,
+)
 from lowbit_asr.quant.policy import QuantPolicy, logical_name
 from lowbit_asr.quant.spec import QuantSpec
 
@@ -39,6 +46,7 @@ class FakeQuantize(nn.Module):
         self.group_size = group_size
         self.param_name = name
         self.enabled = True
+        self._batch: _FakeQuantBatch | None = None  # set inside batched_fake_quant
         if spec.learned:
             if weight is None:
                 raise ValueError(f"{name}: learned scales start from the weight; pass it")
@@ -70,6 +78,11 @@ class FakeQuantize(nn.Module):
         if self.spec.learned:
             return fake_quantize_learned(weight, self.spec, self.group_size, self.scale,
                                          self.offset)
+        batch = getattr(self, "_batch", None)  # modules pickled before the attribute had none
+        if batch is not None:
+            value = batch.value(self, weight)
+            if value is not None:
+                return straight_through(weight, value)
         return fake_quantize(weight, self.spec, self.param_name, self.group_size)
 
     def extra_repr(self) -> str:
@@ -138,6 +151,82 @@ def fake_quant_modules(model: nn.Module) -> Iterator[tuple[str, FakeQuantize]]:
             for p in plist:
                 if isinstance(p, FakeQuantize):
                     yield (f"{module_name}.{attr}" if module_name else attr), p
+
+
+class _FakeQuantBatch:
+    """The fake-quantized values of a model's min/max weights inside one
+    :func:`batched_fake_quant` scope: computed at the first read of any of them, all at once,
+    one :func:`fake_quantize_many` call per spec."""
+
+    def __init__(self, members: list[tuple[FakeQuantize, Tensor]]) -> None:
+        self.members = members  # (quantizer, the float weight it reads)
+        self.values: dict[int, tuple[Tensor, int, Tensor]] | None = None
+
+    def value(self, fq: FakeQuantize, weight: Tensor) -> Tensor | None:
+        """``fq``'s fake-quantized ``weight``, or ``None`` when this batch cannot vouch for it
+        (not a member, another tensor than the one collected, or changed in place since)."""
+        if self.values is None:
+            self._compute()
+        assert self.values is not None
+        entry = self.values.get(id(fq))
+        if entry is None:
+            return None
+        original, version, value = entry
+        if weight is not original or weight._version != version:
+            return None
+        return value
+
+    def _compute(self) -> None:
+        by_spec: dict[QuantSpec, list[tuple[FakeQuantize, Tensor]]] = {}
+        for fq, weight in self.members:
+            if fq.enabled:
+                by_spec.setdefault(fq.spec, []).append((fq, weight))
+        self.values = {}
+        for spec, items in by_spec.items():
+            outs = fake_quantize_many([w for _, w in items], spec,
+                                      [fq.group_size for fq, _ in items])
+            for (fq, weight), out in zip(items, outs, strict=True):
+                self.values[id(fq)] = (weight, weight._version, out)
+
+
+_BATCH_MEMBERS: weakref.WeakKeyDictionary[nn.Module, list[tuple[FakeQuantize, nn.Module]]] = (
+    weakref.WeakKeyDictionary())
+"""Per model, its min/max quantizers and their parametrization lists. A quantizer attached
+after a model's first scope is not among them and is computed on its own (never wrongly:
+:meth:`_FakeQuantBatch.value` answers only for the very tensor it computed)."""
+
+
+@contextlib.contextmanager
+def batched_fake_quant(model: nn.Module) -> Iterator[nn.Module]:
+    """Context for one forward pass in which ``model``'s min/max fake-quantized weights are
+    computed together, at the first one the forward reads (one call per spec, which
+    :func:`~lowbit_asr.quant.fake_quant.use_compiled_fake_quant` turns into one compiled call
+    instead of one per weight), each read then returning its value with the straight-through
+    gradient. Values and gradients are exactly those of the per-weight path (tested).
+
+    The weights must not change inside the scope; one changed in place (its version counter
+    moved) is computed on its own, as outside. Learned scales (LSQ) keep their own path. A
+    model without fake quantization, or a scope inside another, changes nothing.
+    """
+    lists = _BATCH_MEMBERS.get(model)
+    if lists is None:  # found once per model: walking ~200 modules costs about a millisecond
+        lists = _BATCH_MEMBERS[model] = [
+            (p, plist) for module in model.modules() if parametrize.is_parametrized(module)
+            for plist in module.parametrizations.values()
+            for p in plist if isinstance(p, FakeQuantize) and not p.spec.learned]
+    if not lists or any(getattr(fq, "_batch", None) is not None for fq, _ in lists):
+        yield model
+        return
+    # The float weight read now: .to() or a load may have replaced a parametrization's original.
+    members = [(fq, plist.original) for fq, plist in lists]
+    batch = _FakeQuantBatch(members)
+    for fq, _ in members:
+        fq._batch = batch
+    try:
+        yield model
+    finally:
+        for fq, _ in members:
+            fq._batch = None
 
 
 def set_fake_quant_enabled(model: nn.Module, enabled: bool) -> int:

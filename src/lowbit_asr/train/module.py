@@ -20,7 +20,13 @@ from torch import Tensor
 from lowbit_asr.data.audio import FRAME_SHIFT_SECONDS
 from lowbit_asr.data.tokenizer import Tokenizer
 from lowbit_asr.model.rnnt import build_model, count_parameters
-from lowbit_asr.quant import QuantPolicy, prepare, set_fake_quant_enabled, size_report
+from lowbit_asr.quant import (
+    QuantPolicy,
+    batched_fake_quant,
+    prepare,
+    set_fake_quant_enabled,
+    size_report,
+)
 from lowbit_asr.train.optim import OptimConfig, build_optimizer, lr_factor
 from lowbit_asr.train.scoring import UtteranceScore, score_utterance, word_errors
 
@@ -103,8 +109,10 @@ class RNNTModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """RNN-T (+ auxiliary CTC) loss of one batch."""
-        out = self.model(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"],
-                         step=self.global_step if self.loss_warmup else None)
+        step = self.global_step if self.loss_warmup else None
+        with batched_fake_quant(self.model):  # all fake-quantized weights at once (see there)
+            out = self.model(batch["feats"], batch["feat_lens"], batch["targets"],
+                             batch["target_lens"], step=step)
         n = batch["feats"].size(0)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
         self.log("train/rnnt_loss", out["rnnt_loss"], batch_size=n)
@@ -235,7 +243,7 @@ class RNNTModule(L.LightningModule):
         """Loss and decoded WER counts on the dev split, in float32 whatever
         ``trainer.precision`` trains in (as the test stage, ``lowbit-asr evaluate`` and packed
         files decode), so that the dev curve measures the model the run ships."""
-        with torch.autocast(self.device.type, enabled=False):
+        with torch.autocast(self.device.type, enabled=False), batched_fake_quant(self.model):
             out = self.model(batch["feats"], batch["feat_lens"], batch["targets"],
                              batch["target_lens"])
             self.log("val/loss", out["loss"], batch_size=batch["feats"].size(0), sync_dist=True)
