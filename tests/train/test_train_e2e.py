@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from lowbit_asr.train.scoring import load_evaluation
 
 LOWBIT_ASR = str(Path(sys.executable).parent / "lowbit-asr")
@@ -104,6 +106,27 @@ def test_ddp_cpu_two_processes(tiny_corpus, tmp_path):
         proc.stdout + proc.stderr)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 2
+
+
+def test_ddp_qat_with_compiled_fake_quant_trains_the_eager_model(tiny_corpus, tmp_path):
+    # Two gloo processes, int2 fake quantization batched per forward (the training step's
+    # batched_fake_quant), eager and then through torch.compile: the same weights, bit for bit.
+    states = []
+    for compiled in ("false", "true"):
+        run_dir = tmp_path / f"run_{compiled}"
+        _run(["train", *_dataset_args(tiny_corpus.root, tmp_path / "cache"), *SMALL_MODEL,
+              "trainer=ddp_cpu", "logger=csv", "trainer.max_steps=2", "quantizer=int2_asym_g16",
+              f"trainer.compile_fake_quant={compiled}", "trainer.val_check_interval=2",
+              "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+              "dataset.test_splits=[]", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=False)
+        states.append(ckpt["state_dict"])
+    eager, compiled_state = states
+    assert eager.keys() == compiled_state.keys()
+    assert any(".parametrizations." in name for name in eager)  # the model was prepared
+    for name, tensor in eager.items():
+        assert torch.equal(tensor, compiled_state[name]), name
 
 
 def test_bad_config_fails_before_any_data_is_read(tmp_path):
