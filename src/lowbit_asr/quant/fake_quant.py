@@ -253,8 +253,10 @@ def use_compiled_fake_quant(enabled: bool = True) -> None:
     code is built without unsafe-math flags or FP contraction (torch 2.14) and
     ``emulate_precision_casts`` keeps the float16 rounding of the scales and offsets (without it
     Inductor drops the float32 -> float16 -> float32 round trip and codes move by whole steps).
-    Costs a compilation (seconds) per weight shape and spec at the first step; needs a C++
-    compiler on the CPU. Process-wide, like ``torch.set_num_threads``. Clip search stays eager:
+    Costs a compilation at the first step: seconds per weight shape and spec for
+    :func:`fake_quantize`, one larger graph per spec (and set of shapes) for
+    :func:`fake_quantize_many`, which ``batched_fake_quant`` uses; needs a C++ compiler on the
+    CPU. Process-wide, like ``torch.set_num_threads``. Clip search stays eager:
     its error sums depend on the summation order, which Inductor's kernels need not share with
     the eager :func:`quantize` of the export (min and max do not); so do learned scales (LSQ),
     whose backward is autograd's.
