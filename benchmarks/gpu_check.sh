@@ -2,7 +2,8 @@
 # The one prepared script for a lent GPU machine (a bare image with PyTorch, no network):
 #   1. the CUDA-only test (parametrized LSTM weights under cuDNN),
 #   2. training throughput of conformer_tiny/s/m/l, fp32 and bf16, full (torchaudio) and pruned
-#      RNN-T loss (step time and peak memory), float and int2 QAT,
+#      RNN-T loss (step time and peak memory), float and int2 QAT (eager and compiled fake
+#      quantization, and whether the compiled values equal the eager ones on CUDA),
 #   3. a Lightning smoke run of `lowbit-asr train` on the GPU in bf16-mixed (float, then int2
 #      QAT initialised from it) and `lowbit-asr evaluate` of both, on the tiny corpus.
 # SKIP_THROUGHPUT=1 skips part 2. Needs: the wheels the image lacks in .whl/ (hydra-core, omegaconf, antlr4, jiwer, rapidfuzz,
@@ -35,6 +36,25 @@ log "throughput: int2 asym g16 QAT, bf16 (the QAT ratio: divide by the float bf1
 python3 benchmarks/train_throughput.py --model conformer_s conformer_l --device cuda \
   --precision bf16 --loss torchaudio pruned --units sentencepiece --vocab 1024 --utt-seconds 15 \
   --batch-seconds 600 --steps 5 --warmup 2 --quantizer int2_asym_g16 2>&1 | tail -n 6
+log "throughput: the same, fake quantization compiled (Triton); is it bit-identical on CUDA?"
+python3 benchmarks/train_throughput.py --model conformer_l --device cuda --precision bf16 \
+  --loss pruned --units sentencepiece --vocab 1024 --utt-seconds 15 --batch-seconds 600 \
+  --steps 5 --warmup 2 --quantizer int2_asym_g16 --compile-fake-quant 2>&1 | tail -n 3
+python3 - <<'PY' 2>&1 | tail -n 3
+import torch
+from lowbit_asr.quant import QuantSpec
+from lowbit_asr.quant.fake_quant import fake_quantize_many, use_compiled_fake_quant
+torch.manual_seed(0)
+ws = [torch.randn(1024, 512, device="cuda") * 0.05, torch.randn(512, 31, device="cuda") * 0.1]
+for spec, sizes in [(QuantSpec(2, symmetric=False, group_size=16), [16, 31]),
+                    (QuantSpec(4, symmetric=True), [512, 31])]:
+    eager = fake_quantize_many(ws, spec, sizes)
+    use_compiled_fake_quant(True)
+    compiled = fake_quantize_many(ws, spec, sizes)
+    use_compiled_fake_quant(False)
+    print(spec.short(), "compiled == eager on CUDA:",
+          all(torch.equal(a, b) for a, b in zip(eager, compiled)))
+PY
 fi
 
 log "lowbit-asr train on the GPU, bf16-mixed, tiny corpus (float)"

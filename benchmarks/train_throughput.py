@@ -26,7 +26,8 @@ import torch
 from omegaconf import OmegaConf
 
 from lowbit_asr.model.rnnt import build_model, count_parameters
-from lowbit_asr.quant import QuantPolicy, prepare
+from lowbit_asr.quant import QuantPolicy, batched_fake_quant, prepare
+from lowbit_asr.quant.fake_quant import use_compiled_fake_quant
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TOKENS_PER_SECOND = {"char": 14.0, "sentencepiece": 5.0}
@@ -45,6 +46,8 @@ def main() -> None:
                         default=["torch", "pruned"], help="torch/torchaudio: the full lattice")
     parser.add_argument("--prune-range", type=int, default=5)
     parser.add_argument("--quantizer", default="none", help="a name under conf/quantizer/")
+    parser.add_argument("--compile-fake-quant", action="store_true",
+                        help="fake quantization through torch.compile (trainer.compile_fake_quant)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"],
                         default=["fp32", "bf16"])
@@ -62,7 +65,8 @@ def main() -> None:
         return
 
     print(f"batch {batch} × {args.utt_seconds:g} s ({batch * args.utt_seconds:g} s of audio),"
-          f" {args.units} units (V = {vocab}, U = {tokens}), quantizer {args.quantizer},"
+          f" {args.units} units (V = {vocab}, U = {tokens}), quantizer {args.quantizer}"
+          f"{' (compiled)' if args.compile_fake_quant else ''},"
           f" prune range {args.prune_range}, {args.device}, {args.threads} threads,"
           f" torch {torch.__version__}\n")
     print("| model | params | precision | loss | step s (median) | audio s per s |"
@@ -96,6 +100,7 @@ def measure(args: argparse.Namespace, name: str, precision: str, loss_impl: str,
     policy = QuantPolicy.from_config(
         OmegaConf.to_container(OmegaConf.load(CONF / "quantizer" / f"{args.quantizer}.yaml")))
     prepare(model, policy)
+    use_compiled_fake_quant(args.compile_fake_quant)
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     feats = torch.randn(batch, frames, 80, device=device)
@@ -109,7 +114,8 @@ def measure(args: argparse.Namespace, name: str, precision: str, loss_impl: str,
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"), \
+                batched_fake_quant(model):  # as the LightningModule's training step
             loss = model(feats, feat_lens, targets, target_lens)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
