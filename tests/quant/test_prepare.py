@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 import importlib
 import io
+import weakref
 
 import pytest
 import torch
@@ -328,3 +330,14 @@ def test_batched_fake_quant_respects_disabled_weights_and_float_models():
         plain = _zoo()
         with batched_fake_quant(plain):
             assert torch.equal(plain(feats, tokens), float_out)
+
+
+def test_batched_fake_quant_does_not_keep_a_model_alive():
+    model = prepare(_zoo(), _policy())
+    with batched_fake_quant(model):
+        pass
+    assert model in prepare_module._BATCH_MEMBERS  # its quantizers were found once, kept
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
