@@ -305,8 +305,7 @@ def fake_quantize_many(weights: list[Tensor], spec: QuantSpec,
     of them: one guard check and one generated C++ wrapper instead of one per weight, which at
     ~70 weights of a few thousand to a few hundred thousand elements is much of what the
     per-weight compiled calls cost (22 -> 14 ms a step in ``benchmarks/qat_overhead.py``,
-    conformer_tiny). Otherwise each weight is
-    computed as :func:`fake_quantize` does.
+    conformer_tiny). Otherwise each weight is computed as :func:`fake_quantize` does.
     """
     sizes = tuple(group_sizes)
     with torch.no_grad():
