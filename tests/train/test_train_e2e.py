@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from lowbit_asr.train.checkpoint import read_checkpoint
 from lowbit_asr.train.scoring import load_evaluation
 
 LOWBIT_ASR = str(Path(sys.executable).parent / "lowbit-asr")
@@ -119,9 +120,7 @@ def test_ddp_qat_with_compiled_fake_quant_trains_the_eager_model(tiny_corpus, tm
               f"trainer.compile_fake_quant={compiled}", "trainer.val_check_interval=2",
               "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
               "dataset.test_splits=[]", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-        ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
-                          weights_only=False)
-        states.append(ckpt["state_dict"])
+        states.append(read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"])
     eager, compiled_state = states
     assert eager.keys() == compiled_state.keys()
     assert any(".parametrizations." in name for name in eager)  # the model was prepared
