@@ -29,6 +29,7 @@ from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.files import FolderLock, write_text_atomic
 from lowbit_asr.quant.fake_quant import use_compiled_fake_quant
+from lowbit_asr.train.averaging import EmaWeights
 from lowbit_asr.train.checkpoint import (
     AtomicCheckpointIO,
     checkpoint_tokenizer,
@@ -225,11 +226,13 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     loggers = build_loggers(cfg, run_dir, plain)
     if found and _first_process():  # the other DDP ranks log nothing and must not touch it
         keep_csv_history(loggers, found[1])
+    callbacks = [checkpoints, last_checkpoint, LearningRateMonitor(logging_interval="step"),
+                 SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt")]
+    if cfg.optim.ema_decay:
+        callbacks.append(EmaWeights(cfg.optim.ema_decay, cfg.optim.ema_start_step))
     trainer = L.Trainer(
         **cfg.trainer.lightning_kwargs(), default_root_dir=str(run_dir),
-        logger=loggers or False, plugins=[AtomicCheckpointIO()],
-        callbacks=[checkpoints, last_checkpoint, LearningRateMonitor(logging_interval="step"),
-                   SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt")],
+        logger=loggers or False, plugins=[AtomicCheckpointIO()], callbacks=callbacks,
     )
     if resume:
         log.info("resuming from %s", resume)

@@ -44,6 +44,12 @@ class OptimConfig:
     step and the batch. Either way no checkpoint ever holds the non-finite update."""
     max_consecutive_nonfinite: int = 20
     """With ``skip``: this many non-finite steps in a row stop the run (it has diverged)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights with this decay per optimiser step
+    (e.g. 0.999: a horizon of ~1,000 steps); 0 = off. Validation, ``best.ckpt`` and the test
+    use the average; checkpoints keep the trained weights too (``lowbit_asr.train.averaging``)."""
+    ema_start_step: int = 0
+    """First optimiser step (0-based) whose weights enter the average (with ``ema_decay``)."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -72,6 +78,13 @@ class OptimConfig:
                 or self.max_consecutive_nonfinite < 1):
             raise ValueError("optim.max_consecutive_nonfinite must be an integer >= 1, got "
                              f"{self.max_consecutive_nonfinite!r}")
+        if (not isinstance(self.ema_decay, int | float) or isinstance(self.ema_decay, bool)
+                or not 0 <= self.ema_decay < 1):
+            raise ValueError(f"optim.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
+        if (not isinstance(self.ema_start_step, int) or isinstance(self.ema_start_step, bool)
+                or self.ema_start_step < 0):
+            raise ValueError(
+                f"optim.ema_start_step must be an integer >= 0, got {self.ema_start_step!r}")
 
 
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
