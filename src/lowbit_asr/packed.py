@@ -164,16 +164,20 @@ def load_packed_module(path: str | Path) -> tuple[RNNTModule, PackedFile]:
     return module.eval(), described
 
 
-def load_for_evaluation(path: str | Path) -> tuple[RNNTModule, str]:
+def load_for_evaluation(path: str | Path, trained_weights: bool = False) -> tuple[RNNTModule, str]:
     """Eval-mode module (tokenizer and front end inside) and quantizer name of a training
-    checkpoint or a packed file.
+    checkpoint or a packed file; ``trained_weights``: a checkpoint's trained weights rather than
+    its weight average (see :func:`read_checkpoint`; a packed file holds one set of weights).
 
     Packed files are recognised by their first bytes (a safetensors header) or the ``.lbq``
     suffix; anything else is read as a weights-only training checkpoint.
     """
     path = Path(path)
     if path.suffix == SUFFIX or is_packed_file(path):
+        if trained_weights:
+            raise ValueError(f"{path} is a packed file: it holds the one set of weights it was"
+                             " exported with (trained_weights applies to a .ckpt)")
         module, described = load_packed_module(path)
         return module, described.policy.name or "none"
-    module, _ = restore(read_checkpoint(path))
+    module, _ = restore(read_checkpoint(path, trained_weights=trained_weights))
     return module, module.policy.name or "none"

@@ -51,13 +51,16 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"out={out} is the checkpoint itself: an evaluation is a folder")
     if out.is_file():
         raise ValueError(f"out={out} is a file: an evaluation is written to a folder")
-    module, quantizer = load_for_evaluation(cfg.checkpoint)
+    if not isinstance(cfg.trained_weights, bool):
+        raise ValueError(f"trained_weights must be true or false, got {cfg.trained_weights!r}")
+    module, quantizer = load_for_evaluation(cfg.checkpoint, trained_weights=cfg.trained_weights)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.decoding).items() if v is not None}
     module.model.cfg.decoding = replace(module.model.cfg.decoding, **overrides)
     dataset = DatasetConfig(**OmegaConf.to_container(cfg.dataset, resolve=True))
     data = AsrDataModule(dataset, tokenizer=module.tokenizer, frontend=module.model.frontend)
     splits = list(cfg.splits) if cfg.splits else list(dataset.test_splits)
-    info = {"model": str(cfg.checkpoint), "root": str(dataset.root), "quantizer": quantizer,
+    info = {"model": str(cfg.checkpoint), "trained_weights": cfg.trained_weights,
+            "root": str(dataset.root), "quantizer": quantizer,
             "decoding": asdict(module.model.cfg.decoding),
             "eval_batch_seconds": dataset.eval_batch_seconds, "commit": git_commit(),
             "command": "lowbit-asr evaluate " + " ".join(hydra_overrides())}

@@ -8,7 +8,8 @@ What it lacks for this model is an update that leaves integer buffers intact: th
 ``stats_count`` and BatchNorm's ``num_batches_tracked`` are int64, and torch's EMA function
 rounds ``decay * n + (1 - decay) * n`` back into them (n - 1 for most n). Here floating tensors
 are lerped (exact for a constant, e.g. the front end's frozen mean and std) and the others
-copied.
+copied. And before its first update (``optim.ema_start_step``) the average is the trained
+weights, not the initial ones Lightning's callback would validate and checkpoint until then.
 
 The averaging does not touch the trained weights, the optimiser or any random generator: a run
 with it trains the same weights, step for step, as one without it.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
@@ -56,6 +58,24 @@ class EmaWeights(WeightAveraging):
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         """After every optimiser step from ``start_step`` (0-based) on; never at epoch ends."""
         return step_idx is not None and step_idx >= self.start_step
+
+    def _follow_until_started(self, pl_module: L.LightningModule) -> None:
+        """Before the first update the average is the trained weights (the first update copies
+        them anyway, so this changes nothing that follows)."""
+        average = self._average_model
+        if average is not None and int(average.n_averaged) == 0:
+            average.module.load_state_dict(pl_module.state_dict())
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Validate the average (the trained weights before it starts)."""
+        self._follow_until_started(pl_module)
+        super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """``state_dict`` = the average (the trained weights before it starts)."""
+        self._follow_until_started(pl_module)
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         """Lightning's state plus the settings, so that a resumed run can be checked against

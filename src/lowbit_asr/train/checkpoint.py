@@ -17,6 +17,7 @@ from lowbit_asr.model.config import ModelConfig
 from lowbit_asr.model.frontend import STATE_KEYS as FRONTEND_KEYS
 from lowbit_asr.quant import load_float_state_dict
 from lowbit_asr.quant.container import is_packed_file
+from lowbit_asr.train.averaging import CURRENT_WEIGHTS_KEY
 from lowbit_asr.train.config import flatten
 from lowbit_asr.train.module import RNNTModule
 
@@ -100,8 +101,12 @@ def upgrade_frontend_state(state: dict[str, Any], hparams: dict[str, Any],
     return True
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a lowbit-asr Lightning checkpoint with ``weights_only=True`` (never runs code)."""
+def read_checkpoint(path: str | Path, trained_weights: bool = False) -> dict[str, Any]:
+    """Load a lowbit-asr Lightning checkpoint with ``weights_only=True`` (never runs code).
+
+    A run that kept a weight average (``optim.ema_decay``) saves the average as ``state_dict``
+    and its trained weights beside it; ``trained_weights=True`` puts the trained ones in
+    ``state_dict`` instead (for a checkpoint without an average both are the same weights)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {path}")
@@ -115,6 +120,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a lowbit-asr training checkpoint (no {missing})")
+    if trained_weights and CURRENT_WEIGHTS_KEY in ckpt:
+        ckpt["state_dict"] = ckpt.pop(CURRENT_WEIGHTS_KEY)
     old = (ckpt.get("AsrDataModule") or {}).get("feature_stats")
     upgrade_frontend_state(ckpt["state_dict"], ckpt["hyper_parameters"], old, "model.", str(path))
     return ckpt
