@@ -29,10 +29,16 @@ RNNT_LOSS_IMPLS = ("torchaudio", "torch", "pruned")
 """Implementations of the RNN-T loss: torchaudio's fused kernel and ``rnnt_loss.rnnt_nll`` on
 the full lattice, or the pruned loss (``RNNT._pruned_losses``)."""
 
-NORMALISATIONS = ("global", "utterance")
+NORMALISATIONS = ("global", "utterance", "utterance_mvn")
 """``global``: subtract the train mean; ``utterance``: subtract each utterance's own mean (per
 bin, over its frames: cepstral mean normalisation, which removes a voice's or a channel's fixed
-spectral tilt and level). Both divide by the train standard deviation."""
+spectral tilt and level). Both divide by the train standard deviation. ``utterance_mvn``: the
+utterance's own mean and standard deviation per bin (mean and variance normalisation: also
+equalises how much each bin moves, which differs between synthesis methods and voices)."""
+
+UTTERANCE_STD_FLOOR = 1e-2
+"""Smallest per-bin standard deviation ``utterance_mvn`` divides by (a constant bin, e.g. a
+digital-silence floor, stays 0 instead of blowing up)."""
 
 
 def _require_positive(obj: object, prefix: str, *names: str) -> None:
@@ -64,7 +70,8 @@ class FrontEndConfig:
 
     normalisation: str = "global"
     """``global``: subtract the train mean per bin; ``utterance``: each utterance's own mean
-    (removes a voice's level and spectral tilt); both divide by the train std."""
+    (removes a voice's level and spectral tilt); both divide by the train std.
+    ``utterance_mvn``: the utterance's own mean and std per bin."""
     cepstral_lifter: int = 0
     """Keep the first this-many DCT coefficients of each normalised log-mel frame (0 = off):
     smooths pitch harmonics out of the spectral envelope, the MFCC habit for speaker

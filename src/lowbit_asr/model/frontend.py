@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lowbit_asr.data.audio import N_MELS, to_model_audio
 from lowbit_asr.data.features import FeatureStats, LogMel
-from lowbit_asr.model.config import FrontEndConfig
+from lowbit_asr.model.config import UTTERANCE_STD_FLOOR, FrontEndConfig
 from lowbit_asr.schema import coerce
 
 STATE_KEYS = ("mean", "std", "stats_count")
@@ -94,10 +94,15 @@ class FrontEnd(nn.Module):
     def normalise(self, feats: Tensor) -> Tensor:
         """Normalise one utterance ``(frames, 80)`` (or any ``(..., frames, 80)`` of whole,
         unpadded utterances): ``(feats - mean) / std``, the mean being the train one
-        (``global``) or the utterance's own (``utterance``); then the cepstral lifter, if any."""
+        (``global``) or the utterance's own (``utterance``), or the utterance's own mean and std
+        (``utterance_mvn``); then the cepstral lifter, if any."""
         self.require_stats()
         std = self.std.to(feats.device)
-        if self.cfg.normalisation == "utterance" and feats.shape[-2] > 0:
+        if self.cfg.normalisation == "utterance_mvn" and feats.shape[-2] > 0:
+            own_std = feats.std(dim=-2, unbiased=False, keepdim=True)
+            feats = (feats - feats.mean(dim=-2, keepdim=True)) / own_std.clamp_min(
+                UTTERANCE_STD_FLOOR)
+        elif self.cfg.normalisation == "utterance" and feats.shape[-2] > 0:
             feats = (feats - feats.mean(dim=-2, keepdim=True)) / std
         else:
             feats = (feats - self.mean.to(feats.device)) / std
