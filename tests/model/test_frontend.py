@@ -57,6 +57,23 @@ def test_global_and_utterance_normalisation() -> None:
         FrontEndConfig(normalisation="speaker")
 
 
+def test_utterance_mean_and_variance_normalisation() -> None:
+    x = torch.randn(40, N_MELS) * torch.linspace(0.5, 3.0, N_MELS) + 4.0
+    x[:, 7] = -11.5  # a constant bin (a silence floor): 0, not a division by 0
+    mvn = FrontEnd({"normalisation": "utterance_mvn"})
+    mvn.set_stats(_stats())  # the train statistics are not used
+    y = mvn.normalise(x)
+    assert torch.isfinite(y).all() and torch.equal(y[:, 7], torch.zeros(40))
+    torch.testing.assert_close(y.mean(0), torch.zeros(N_MELS), atol=1e-5, rtol=0)
+    others = [b for b in range(N_MELS) if b != 7]
+    torch.testing.assert_close(y[:, others].std(0, unbiased=False),
+                               torch.ones(len(others)), atol=1e-4, rtol=0)
+    # Invariant to each bin's own offset and scale (what differs between voices and engines).
+    gain, offset = torch.rand(N_MELS) + 0.5, torch.randn(N_MELS)
+    torch.testing.assert_close(mvn.normalise(x * gain + offset)[:, others], y[:, others],
+                               atol=1e-4, rtol=0)
+
+
 def test_lifter_matrix_keeps_the_envelope_and_removes_fine_structure() -> None:
     bins = N_MELS
     p = lifter_matrix(bins, 30)
