@@ -3,6 +3,8 @@
     python benchmarks/wer_by_voice.py runs/float_mini/<date>/checkpoints/best.ckpt
     python benchmarks/wer_by_voice.py best.ckpt --splits train dev test-clean --utterances 120
     python benchmarks/wer_by_voice.py best.ckpt --splits test-clean --freq-warp 1.0 0.9 0.83
+    python benchmarks/wer_by_voice.py --evaluation runs/a runs/b --splits test-clean
+
 
 Tells under-fitting from poor generalisation: WER on (a subsample of) the TRAIN split next to
 dev/test, and which engines or voices fail. Reads the corpus manifest for each speaker's engine
@@ -12,6 +14,11 @@ reference/hypothesis pair per row.
 ``--freq-warp a b ...`` repeats the evaluation with every utterance's spectrum warped by each
 factor (``lowbit_asr.data.perturb``: frequencies times ``a``, duration kept): if a held-out
 voice improves a lot at ``a < 1``, its formants sit above anything the model learned from.
+
+``--evaluation A B ...`` decodes nothing: it groups the per-utterance scores that ``lowbit-asr
+evaluate`` or a training run's test stage already wrote (run folders, ``eval/`` folders or
+``evaluation.json`` files) by voice, one WER column per evaluation, so runs compared with
+``lowbit-asr compare`` can be compared voice by voice at no cost.
 """
 
 from __future__ import annotations
@@ -28,11 +35,52 @@ from lowbit_asr.data.datamodule import AsrDataModule, AsrDataset
 from lowbit_asr.data.perturb import Perturb, PerturbConfig
 from lowbit_asr.train.checkpoint import read_checkpoint, restore
 from lowbit_asr.train.module import word_errors
+from lowbit_asr.train.scoring import load_evaluation
+
+
+def voice_key(voice: dict) -> str:
+    """The row a speaker's utterances go to: espeak-ng variants pooled, other voices by name."""
+    return (f"{voice['engine']}:*" if voice["engine"] == "espeak-ng"
+            else f"{voice['engine']}:{voice['voice']}")
+
+
+def by_voice_from_evaluations(paths: list[str], corpus: str, splits: list[str]) -> None:
+    """Per-voice WER of existing evaluations (no decoding), one column per evaluation."""
+    speakers = CorpusManifest.load(Path(corpus)).speakers
+    loaded = [load_evaluation(p)[1] for p in paths]
+    print("| split | engine:voice | utterances | words | "
+          + " | ".join(f"WER % {p}" for p in paths) + " |")
+    print("|---|---|---:|---:|" + "---:|" * len(paths))
+    for split in splits:
+        missing = [p for p, ev in zip(paths, loaded, strict=True) if split not in ev]
+        if missing:
+            raise SystemExit(f"{', '.join(missing)}: no {split!r} split in the evaluation")
+        ids = [sorted(u.id for u in ev[split]) for ev in loaded]
+        if any(i != ids[0] for i in ids):
+            raise SystemExit(f"{split}: the evaluations scored different utterances")
+        counts: dict[str, list[list[int]]] = defaultdict(
+            lambda: [[0, 0, 0] for _ in paths])  # per key, per evaluation: errors, words, n
+        for column, ev in enumerate(loaded):
+            for u in ev[split]:
+                if u.speaker not in speakers:
+                    raise SystemExit(f"{split}: speaker {u.speaker} is not in {corpus}'s manifest")
+                for key in (voice_key(speakers[u.speaker]), "all"):
+                    c = counts[key][column]
+                    c[0] += u.word_errors
+                    c[1] += u.ref_words
+                    c[2] += 1
+        for key in ["all", *sorted(k for k in counts if k != "all")]:
+            _, words, n = counts[key][0]
+            wers = " | ".join(f"{100 * e / max(w, 1):.1f}" for e, w, _ in counts[key])
+            print(f"| {split} | {key} | {n} | {words} | {wers} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", nargs="?")
+    parser.add_argument("--evaluation", nargs="+", metavar="EVAL",
+                        help="group these evaluations' per-utterance scores by voice instead of"
+                             " decoding a checkpoint")
     parser.add_argument("--corpus", default="data/embedded-mini")
     parser.add_argument("--splits", nargs="+", default=["train", "dev", "test-clean"])
     parser.add_argument("--utterances", type=int, default=120,
@@ -42,10 +90,15 @@ def main() -> None:
     parser.add_argument("--freq-warp", type=float, nargs="+", default=[1.0],
                         help="evaluate with the spectrum warped by each factor (1 = as is)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    module, tokenizer = restore(read_checkpoint(args.checkpoint))
+    if (args.checkpoint is None) == (args.evaluation is None):
+        parser.error("give a checkpoint or --evaluation, not both")
     if not (Path(args.corpus) / MANIFEST).is_file():
         raise SystemExit(f"{args.corpus}: not a generated corpus (no {MANIFEST} with voices)")
+    if args.evaluation:
+        by_voice_from_evaluations(args.evaluation, args.corpus, args.splits)
+        return
+    torch.set_num_threads(args.threads)
+    module, tokenizer = restore(read_checkpoint(args.checkpoint))
     speakers = CorpusManifest.load(Path(args.corpus)).speakers
     data = AsrDataModule(DatasetConfig(root=args.corpus, precompute_features=True),
                          tokenizer=tokenizer, frontend=module.model.frontend)
@@ -71,9 +124,7 @@ def main() -> None:
             hyps = module.transcribe(batch)
             for u, ref, hyp in zip(chosen[start:start + args.batch], batch["texts"], hyps,
                                    strict=True):
-                voice = speakers[u.id.split("-")[0]]
-                key = (f"{voice['engine']}:*" if voice["engine"] == "espeak-ng"
-                       else f"{voice['engine']}:{voice['voice']}")
+                key = voice_key(speakers[u.id.split("-")[0]])
                 errors, words = word_errors([ref], [hyp])
                 for k in (key, "all"):
                     counts[k][0] += errors
