@@ -52,6 +52,11 @@ def test_train_checkpoint_and_evaluate(tiny_corpus, tmp_path):
     assert results["quant_symmetric"] is False
     assert results["size_bytes"] > 0 and results["command"].startswith("lowbit-asr train ")
     assert "quantizer=int2_asym_g16" in results["command"]
+    # the row names what decides its round-off besides the code (threads, kernel width, CPU)
+    numerics = results["numerics"]
+    assert numerics["torch"] == torch.__version__
+    assert numerics["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert numerics["threads"] >= 1 and numerics["cpu"] and "gpu" not in numerics
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]

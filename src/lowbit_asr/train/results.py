@@ -3,11 +3,14 @@ to reproduce it. The frontier reads these rows; W&B gets the same as summary met
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from lowbit_asr.quant import QuantPolicy, size_report
@@ -59,6 +62,42 @@ def git_commit() -> str:
     return commit
 
 
+NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS",
+                "OMP_NUM_THREADS")
+"""Environment variables that choose which CPU kernels (so which round-off) torch runs."""
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def numerics(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """What decides a seeded run's round-off besides the code: torch's version, the thread
+    count, the vector width of ATen's CPU kernels (AVX2 or AVX512 on x86), the CPU, the
+    kernel-choosing environment variables that are set, and the GPU when the run used one.
+    Two runs of one commit and command are bit-identical when these agree (RESULTS.md: the
+    same recipe trained other weights on an AVX512 machine than on an AVX2 one)."""
+    out: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu_name(),
+        "env": {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ},
+    }
+    device = torch.device(device)
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+        out["cuda"] = torch.version.cuda
+    return out
+
+
 def result_row(
     *, run_id: str, experiment: str, model: nn.Module, policy: QuantPolicy,
     wer: dict[str, float], train_seconds: float, steps: int, command: str, commit: str,
@@ -81,6 +120,7 @@ def result_row(
         "steps": steps,
         "commit": commit,
         "command": command,
+        "numerics": numerics(next(model.parameters()).device),
         **(extra or {}),
     }
 
