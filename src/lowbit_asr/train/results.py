@@ -66,6 +66,16 @@ NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_EN
                 "OMP_NUM_THREADS")
 """Environment variables that choose which CPU kernels (so which round-off) torch runs."""
 
+PORTABLE_CPU_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                         "MKL_CBWR": "AVX2"}
+"""AVX2 kernels on any x86-64 CPU: ATen's AVX2 kernels, oneDNN capped at AVX2, MKL's AVX2 code
+path (its Conditional Numerical Reproducibility mode) — what the AVX2-only CPU that trained the
+float stage in RESULTS.md runs natively. They must be in the environment before torch starts
+(``make reproduce`` sets them: the Makefile's ``CPU_NUMERICS`` repeats them; a test checks the
+two agree). With them an AVX512 EPYC reproduced the AVX2 EPYC's float stage and a QAT grid point
+to every published digit (RESULTS.md, "Bit for bit across machines"); Intel CPUs were not
+compared."""
+
 
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
