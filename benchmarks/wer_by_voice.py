@@ -5,7 +5,6 @@
     python benchmarks/wer_by_voice.py best.ckpt --splits test-clean --freq-warp 1.0 0.9 0.83
     python benchmarks/wer_by_voice.py --evaluation runs/a runs/b --splits test-clean
 
-
 Tells under-fitting from poor generalisation: WER on (a subsample of) the TRAIN split next to
 dev/test, and which engines or voices fail. Reads the corpus manifest for each speaker's engine
 and voice (espeak-ng variants are pooled as ``espeak-ng:*``). Prints a markdown table and one
@@ -91,7 +90,7 @@ def main() -> None:
                         help="evaluate with the spectrum warped by each factor (1 = as is)")
     args = parser.parse_args()
     if (args.checkpoint is None) == (args.evaluation is None):
-        parser.error("give a checkpoint or --evaluation, not both")
+        parser.error("give either a checkpoint or --evaluation (exactly one of them)")
     if not (Path(args.corpus) / MANIFEST).is_file():
         raise SystemExit(f"{args.corpus}: not a generated corpus (no {MANIFEST} with voices)")
     if args.evaluation:

@@ -92,8 +92,9 @@ def numerics(device: torch.device | str = "cpu") -> dict[str, Any]:
     """What decides a seeded run's round-off besides the code: torch's version, the thread
     count, the vector width of ATen's CPU kernels (AVX2 or AVX512 on x86), the CPU, the
     kernel-choosing environment variables that are set, and the GPU when the run used one.
-    Two runs of one commit and command are bit-identical when these agree (RESULTS.md: the
-    same recipe trained other weights on an AVX512 machine than on an AVX2 one)."""
+    Where these differ, so may the numbers of one commit and command: the same one-thread recipe
+    gave 56.31% test-clean with AVX512 kernels and 56.38% with AVX2 ones; with AVX2 kernels on
+    both machines (:data:`PORTABLE_CPU_NUMERICS`) every compared number agreed (RESULTS.md)."""
     out: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
