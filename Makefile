@@ -56,9 +56,9 @@ data: install ## Generate the embedded TTS corpus (CORPUS_SIZE=mini|small|tiny, 
 	$(VENV)/bin/lowbit-asr corpus --size $(CORPUS_SIZE) --seed $(CORPUS_SEED)
 
 # AVX2 kernels on every x86-64 CPU (ATen AVX2, oneDNN capped at AVX2, MKL's AVX2 path), as on the
-# AVX2-only machine that trained RESULTS.md's float stage: an AVX512 EPYC with them
-# reproduced that float stage and a QAT grid point to every published digit (RESULTS.md). `make reproduce
-# CPU_NUMERICS=` runs the machine's native kernels instead. Mirrors
+# AVX2-only machine that trained RESULTS.md's float stage: an AVX512 EPYC with them reproduced
+# that float stage and a QAT grid point to every published digit (RESULTS.md).
+# `make reproduce CPU_NUMERICS=` runs the machine's native kernels instead. Mirrors
 # lowbit_asr.train.results.PORTABLE_CPU_NUMERICS (tests/train/test_numerics.py checks they agree).
 CPU_NUMERICS ?= ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2
 DATASET ?= embedded_mini
