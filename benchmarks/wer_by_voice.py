@@ -34,7 +34,7 @@ from lowbit_asr.data.datamodule import AsrDataModule, AsrDataset
 from lowbit_asr.data.perturb import Perturb, PerturbConfig
 from lowbit_asr.train.checkpoint import read_checkpoint, restore
 from lowbit_asr.train.module import word_errors
-from lowbit_asr.train.scoring import load_evaluation
+from lowbit_asr.train.scoring import load_evaluation, totals
 
 
 def voice_key(voice: dict) -> str:
@@ -57,20 +57,17 @@ def by_voice_from_evaluations(paths: list[str], corpus: str, splits: list[str]) 
         ids = [sorted(u.id for u in ev[split]) for ev in loaded]
         if any(i != ids[0] for i in ids):
             raise SystemExit(f"{split}: the evaluations scored different utterances")
-        counts: dict[str, list[list[int]]] = defaultdict(
-            lambda: [[0, 0, 0] for _ in paths])  # per key, per evaluation: errors, words, n
+        groups: list[dict[str, list]] = [defaultdict(list) for _ in paths]  # per evaluation
         for column, ev in enumerate(loaded):
             for u in ev[split]:
                 if u.speaker not in speakers:
                     raise SystemExit(f"{split}: speaker {u.speaker} is not in {corpus}'s manifest")
-                for key in (voice_key(speakers[u.speaker]), "all"):
-                    c = counts[key][column]
-                    c[0] += u.word_errors
-                    c[1] += u.ref_words
-                    c[2] += 1
-        for key in ["all", *sorted(k for k in counts if k != "all")]:
-            _, words, n = counts[key][0]
-            wers = " | ".join(f"{100 * e / max(w, 1):.1f}" for e, w, _ in counts[key])
+                groups[column][voice_key(speakers[u.speaker])].append(u)
+                groups[column]["all"].append(u)
+        for key in ["all", *sorted(k for k in groups[0] if k != "all")]:
+            counts = [totals(g[key]) for g in groups]
+            words, n = counts[0]["words"], counts[0]["utterances"]
+            wers = " | ".join(f"{100 * c['errors'] / max(c['words'], 1):.1f}" for c in counts)
             print(f"| {split} | {key} | {n} | {words} | {wers} |")
 
 
