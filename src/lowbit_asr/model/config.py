@@ -25,6 +25,10 @@ SUBSAMPLING_FACTORS = (4, 6, 8)
 DECODING_METHODS = ("greedy", "beam")
 """Supported search algorithms."""
 
+PREDICTOR_KINDS = ("lstm", "stateless")
+"""Prediction networks: an LSTM over the whole label history, or a stateless one that sees only
+the last ``context_size`` labels (Ghodsi et al. 2020; icefall's transducer decoder)."""
+
 RNNT_LOSS_IMPLS = ("torchaudio", "torch", "pruned")
 """Implementations of the RNN-T loss: torchaudio's fused kernel and ``rnnt_loss.rnnt_nll`` on
 the full lattice, or the pruned loss (``RNNT._pruned_losses``)."""
@@ -138,22 +142,39 @@ class EncoderConfig:
 
 @dataclass
 class PredictorConfig:
-    """RNN-T prediction network: token embedding followed by an LSTM stack."""
+    """RNN-T prediction network: token embedding, then an LSTM stack (``kind: lstm``) or a
+    causal convolution over the last ``context_size`` tokens (``kind: stateless``)."""
 
+    kind: str = "lstm"
+    """``lstm`` | ``stateless`` (see ``PREDICTOR_KINDS``)."""
     embed_dim: int = 320
     """Token embedding width (blank id 0 doubles as the start-of-sequence input)."""
     hidden_dim: int = 320
-    """LSTM hidden width, which is also the predictor output width."""
+    """The predictor output width: the LSTM's hidden width, or the stateless convolution's
+    output channels."""
     num_layers: int = 1
-    """LSTM layers (1 or 2)."""
+    """LSTM layers (1 or 2); ``stateless`` has one convolution and takes only 1."""
+    context_size: int = 2
+    """``stateless`` only: tokens the convolution sees (the last emitted one and the
+    ``context_size - 1`` before it; blanks before the start). ``lstm`` takes only the default."""
     dropout: float = 0.1
-    """Dropout after the embedding, between LSTM layers and after the LSTM."""
+    """Dropout after the embedding, between LSTM layers and after the LSTM or convolution."""
 
     def __post_init__(self) -> None:
         p = "predictor"
-        _require_positive(self, p, "embed_dim", "hidden_dim", "num_layers")
+        if self.kind not in PREDICTOR_KINDS:
+            raise ValueError(f"{p}.kind must be one of {PREDICTOR_KINDS}, got {self.kind!r}")
+        _require_positive(self, p, "embed_dim", "hidden_dim", "num_layers", "context_size")
         if self.num_layers > 2:
             raise ValueError(f"{p}.num_layers must be 1 or 2, got {self.num_layers}")
+        if self.kind == "stateless" and self.num_layers != 1:
+            raise ValueError(
+                f"{p}.num_layers is the LSTM's depth; kind=stateless has one convolution,"
+                f" got num_layers={self.num_layers}")
+        if self.kind == "lstm" and self.context_size != 2:
+            raise ValueError(
+                f"{p}.context_size applies to kind=stateless (an LSTM sees every earlier"
+                f" token), got context_size={self.context_size} with kind=lstm")
         _require_probability(self, p, "dropout")
 
 

@@ -221,6 +221,13 @@ def masked_batch_norm(norm: nn.BatchNorm1d, x: Tensor, mask: Tensor) -> Tensor:
 class ConvolutionModule(nn.Module):
     """LayerNorm -> pointwise Conv1d(d, 2d) -> GLU -> depthwise Conv1d(k) -> BatchNorm -> Swish
     -> pointwise Conv1d(d, d) -> dropout.
+
+    The pointwise (kernel-1) convolutions are computed as matrix products on the (N, T, D)
+    layout, ``F.linear(x, weight[..., 0], bias)``: the same arithmetic as ``nn.Conv1d``, whose CPU
+    path for kernel 1 is PyTorch's unblocked ``_slow_conv2d`` (forward + backward ~7% of a
+    ``float_mini`` step, against ~2% as GEMMs; RESULTS.md, issue 13). Their parameters stay
+    ``nn.Conv1d`` ones, so checkpoints, the quantizer's policy (which reads each weight through
+    its module, parametrization included) and packed files are unchanged.
     """
 
     def __init__(self, d_model: int, kernel_size: int, dropout: float) -> None:
@@ -235,17 +242,20 @@ class ConvolutionModule(nn.Module):
         self.pointwise_out = nn.Conv1d(d_model, d_model, 1)
         self.dropout = nn.Dropout(dropout)
 
+    @staticmethod
+    def _pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
+        """Kernel-1 ``conv`` applied to frames (N, T, C_in) -> (N, T, C_out)."""
+        return F.linear(x, conv.weight[..., 0], conv.bias)
+
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """Map (N, T, D) with valid-frame mask (N, T) to (N, T, D), without the residual."""
-        y = self.norm(x).transpose(1, 2)  # (N, D, T)
-        y = F.glu(self.pointwise_in(y), dim=1)  # (N, D, T)
+        y = F.glu(self._pointwise(self.pointwise_in, self.norm(x)), dim=-1)  # (N, T, D)
         # Padded frames must reach the kernel as zeros, exactly like the frames past the end of
         # an unpadded utterance, or a valid frame near the end would depend on the batch.
-        y = y.masked_fill(~mask[:, None, :], 0.0)
+        y = y.masked_fill(~mask[:, :, None], 0.0).transpose(1, 2)  # (N, D, T)
         y = self.depthwise(F.pad(y, self.padding))  # (N, D, T)
-        y = F.silu(masked_batch_norm(self.batch_norm, y, mask))
-        y = self.pointwise_out(y).transpose(1, 2)  # (N, T, D)
-        return self.dropout(y)
+        y = F.silu(masked_batch_norm(self.batch_norm, y, mask)).transpose(1, 2)  # (N, T, D)
+        return self.dropout(self._pointwise(self.pointwise_out, y))
 
 
 class ConformerBlock(nn.Module):

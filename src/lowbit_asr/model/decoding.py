@@ -68,7 +68,7 @@ def greedy_search(
     n, t_max, _ = enc.shape
     enc_proj = model.joiner.project_encoder(enc)  # (N, T, J)
     start = torch.full((n,), BLANK_ID, dtype=torch.long, device=enc.device)
-    pred, (h, c) = model.predictor.step(start, None)  # (N, H), 2 x (L, N, H)
+    pred, state = model.predictor.step(start, None)  # (N, H), batch-first state tensors
     pred_proj = model.joiner.project_predictor(pred)  # (N, J)
     hyps: list[list[int]] = [[] for _ in range(n)]
     for t in range(t_max):
@@ -84,9 +84,10 @@ def greedy_search(
                 break
             for i, token in zip(active.tolist(), tokens.tolist(), strict=True):
                 hyps[i].append(token)
-            pred, (h_a, c_a) = model.predictor.step(tokens, (h[:, active], c[:, active]))
+            pred, new_state = model.predictor.step(tokens, tuple(s[active] for s in state))
             pred_proj[active] = model.joiner.project_predictor(pred)
-            h[:, active], c[:, active] = h_a, c_a
+            for s, new in zip(state, new_state, strict=True):
+                s[active] = new
     return hyps
 
 
@@ -97,7 +98,7 @@ class _Hypothesis:
     tokens: tuple[int, ...]
     score: float
     pred_proj: Tensor  # (J,)
-    state: tuple[Tensor, Tensor]  # 2 x (L, 1, H)
+    state: tuple[Tensor, ...]  # the predictor's state, batch-first, batch of 1
 
 
 def _log_add(a: float, b: float) -> float:
@@ -243,12 +244,11 @@ def _extend(
     if not parents:
         return []
     device = parents[0].pred_proj.device
-    h = torch.cat([p.state[0] for p in parents], dim=1)  # (L, K, H)
-    c = torch.cat([p.state[1] for p in parents], dim=1)  # (L, K, H)
+    state = tuple(torch.cat(parts) for parts in zip(*(p.state for p in parents), strict=True))
     token_ids = torch.tensor(tokens, dtype=torch.long, device=device)  # (K,)
-    pred, (h, c) = model.predictor.step(token_ids, (h, c))  # (K, H)
+    pred, state = model.predictor.step(token_ids, state)  # (K, H), batch-first (K, ...) each
     pred_proj = model.joiner.project_predictor(pred)  # (K, J)
     return [
-        _Hypothesis(p.tokens + (token,), score, pred_proj[k], (h[:, k : k + 1], c[:, k : k + 1]))
+        _Hypothesis(p.tokens + (token,), score, pred_proj[k], tuple(s[k : k + 1] for s in state))
         for k, (p, token, score) in enumerate(zip(parents, tokens, scores, strict=True))
     ]

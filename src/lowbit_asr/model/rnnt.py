@@ -1,4 +1,4 @@
-"""RNN-T: Conformer encoder + LSTM predictor + additive joiner, RNN-T loss, optional CTC head.
+"""RNN-T: Conformer encoder + LSTM or stateless predictor + additive joiner, RNN-T loss, optional CTC head.
 
 Blank is token id 0 and is also the start-of-sequence input of the predictor.
 
@@ -39,8 +39,10 @@ from lowbit_asr.model.rnnt_loss import (
     simple_lattice,
 )
 
-LSTMState = tuple[Tensor, Tensor]
-"""LSTM hidden and cell state, each (num_layers, B, H)."""
+PredictorState = tuple[Tensor, ...]
+"""What a predictor carries from one token to the next, every tensor batch-first (B, ...), so
+that search selects, assigns and concatenates hypotheses' states without knowing the kind:
+the LSTM's hidden and cell state (B, L, H) each, or the stateless predictor's last tokens."""
 
 
 class Predictor(nn.Module):
@@ -69,20 +71,75 @@ class Predictor(nn.Module):
         """Width of the predictor output."""
         return self.cfg.hidden_dim
 
-    def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
-        """Run token ids (N, U) to outputs (N, U, H); ``state`` continues a previous call."""
+    def forward(
+        self, tokens: Tensor, state: PredictorState | None = None
+    ) -> tuple[Tensor, PredictorState]:
+        """Run token ids (N, U) to outputs (N, U, H); ``state`` (h, c), each (N, L, H),
+        continues a previous call."""
         x = self.dropout(self.embedding(tokens))  # (N, U, E)
+        hx = None if state is None else tuple(s.transpose(0, 1).contiguous() for s in state)
         # float32 whatever autocast says: oneDNN's bf16 LSTM exists only on CPUs with native
         # bf16 (AVX512-BF16/AMX; on an AVX2 machine it fails to build its primitive), and a
         # recurrence is where bf16 round-off compounds.
         with parametrize.cached(), torch.autocast(x.device.type, enabled=False):
-            out, state = self.lstm(x.float(), state)  # (N, U, H)
-        return self.dropout(out), state
+            out, (h, c) = self.lstm(x.float(), hx)  # (N, U, H), 2 x (L, N, H)
+        return self.dropout(out), (h.transpose(0, 1), c.transpose(0, 1))
 
-    def step(self, tokens: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:
+    def step(self, tokens: Tensor, state: PredictorState | None) -> tuple[Tensor, PredictorState]:
         """One step for a batch of last tokens (B,) -> outputs (B, H) and the new state."""
         out, state = self(tokens[:, None], state)  # (B, 1, H)
         return out[:, 0], state
+
+
+class StatelessPredictor(nn.Module):
+    """Stateless prediction network (Ghodsi et al., ICASSP 2020; the decoder of icefall's
+    transducers): Embedding(V, E) -> dropout -> Conv1d(E, H, context_size) over the last
+    ``context_size`` tokens -> ReLU -> dropout.
+
+    Before the start-of-sequence blank the history is padded with blanks, so the state of a
+    search is just the last ``context_size - 1`` tokens (B, C-1), starting as blanks. Training
+    runs the convolution over the whole label sequence at once; there is no recurrence, so its
+    forward and backward are one embedding lookup and one small GEMM, and search needs no state
+    of floats.
+    """
+
+    def __init__(self, cfg: PredictorConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim)
+        self.conv = nn.Conv1d(cfg.embed_dim, cfg.hidden_dim, cfg.context_size)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the predictor output."""
+        return self.cfg.hidden_dim
+
+    def forward(
+        self, tokens: Tensor, state: PredictorState | None = None
+    ) -> tuple[Tensor, PredictorState]:
+        """Run token ids (N, U) to outputs (N, U, H); ``state`` = (the C-1 tokens before
+        ``tokens``, (N, C-1)) continues a previous call (None: blanks)."""
+        context = self.cfg.context_size - 1
+        history = (
+            tokens.new_full((tokens.size(0), context), BLANK_ID) if state is None else state[0]
+        )
+        padded = torch.cat([history, tokens], dim=1)  # (N, C-1+U)
+        x = self.dropout(self.embedding(padded)).transpose(1, 2)  # (N, E, C-1+U)
+        out = F.relu(self.conv(x)).transpose(1, 2)  # (N, U, H)
+        return self.dropout(out), (padded[:, padded.size(1) - context:],)
+
+    def step(self, tokens: Tensor, state: PredictorState | None) -> tuple[Tensor, PredictorState]:
+        """One step for a batch of last tokens (B,) -> outputs (B, H) and the new state."""
+        out, state = self(tokens[:, None], state)  # (B, 1, H)
+        return out[:, 0], state
+
+
+def build_predictor(cfg: PredictorConfig, vocab_size: int) -> Predictor | StatelessPredictor:
+    """The prediction network ``cfg.kind`` names."""
+    if cfg.kind == "stateless":
+        return StatelessPredictor(cfg, vocab_size)
+    return Predictor(cfg, vocab_size)
 
 
 class Joiner(nn.Module):
@@ -175,7 +232,7 @@ class RNNT(nn.Module):
         # Audio -> normalised log-mel, with the train statistics as buffers (model state).
         self.frontend = FrontEnd(cfg.frontend)
         self.encoder = ConformerEncoder(cfg.encoder)
-        self.predictor = Predictor(cfg.predictor, vocab_size)
+        self.predictor = build_predictor(cfg.predictor, vocab_size)
         self.joiner = Joiner(
             self.encoder.output_dim, self.predictor.output_dim, cfg.joiner.dim, vocab_size
         )
@@ -345,6 +402,8 @@ class RNNT(nn.Module):
     def summary(self) -> str:
         """One line: architecture and parameter counts per part."""
         e, p = self.cfg.encoder, self.cfg.predictor
+        predictor = (f"stateless c{p.context_size} {p.embed_dim}->{p.hidden_dim}"
+                     if p.kind == "stateless" else f"LSTM {p.num_layers}x{p.hidden_dim}")
         parts = {
             "enc": count_parameters(self.encoder),
             "pred": count_parameters(self.predictor),
@@ -355,7 +414,7 @@ class RNNT(nn.Module):
         detail = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in parts.items())
         return (
             f"Conformer-RNNT {e.num_layers}x{e.d_model} h{e.num_heads} k{e.conv_kernel} "
-            f"sub{e.subsampling_factor} | LSTM {p.num_layers}x{p.hidden_dim} | "
+            f"sub{e.subsampling_factor} | {predictor} | "
             f"joint {self.cfg.joiner.dim} | V {self.vocab_size} | "
             f"{count_parameters(self) / 1e6:.2f}M params ({detail})"
         )
