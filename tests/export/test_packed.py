@@ -40,7 +40,7 @@ VOCAB = 13
 
 
 # ---- every spec: weights equal the fake-quant weights, size is the accounted size ------------
-def _small_model(seed: int = 0) -> torch.nn.Module:
+def _small_model(seed: int = 0, predictor: str = "lstm") -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = ModelConfig(
         encoder=EncoderConfig(
@@ -52,7 +52,9 @@ def _small_model(seed: int = 0) -> torch.nn.Module:
             conv_kernel=5,
             subsampling_channels=16,
         ),
-        predictor=PredictorConfig(embed_dim=32, hidden_dim=32),
+        predictor=PredictorConfig(
+            kind=predictor, embed_dim=32, hidden_dim=32,
+            context_size=3 if predictor == "stateless" else 2),
         joiner=JoinerConfig(dim=32),
         ctc_weight=0.3,
         rnnt_loss_impl="torch",
@@ -146,10 +148,13 @@ def _check_sizes(path: Path, accounted: int, described) -> None:
     assert described.header_bytes == file_bytes - described.data_bytes
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
-def test_packed_weights_and_outputs_equal_fake_quant(name, tmp_path):
+@pytest.mark.parametrize(
+    ("name", "predictor"),
+    [(name, "lstm") for name in sorted(POLICIES)]
+    + [("int2_asym", "stateless"), ("int4_asym_g16", "stateless")])
+def test_packed_weights_and_outputs_equal_fake_quant(name, predictor, tmp_path):
     policy = QuantPolicy.from_config(POLICIES[name])
-    model = prepare(_small_model(), policy)
+    model = prepare(_small_model(predictor=predictor), policy)
     _train_learned_grids(model)
     path = tmp_path / "m.lbq"
     written = write_packed(path, model, policy, extra={"note": name})
@@ -169,7 +174,9 @@ def test_packed_weights_and_outputs_equal_fake_quant(name, tmp_path):
             value = getattr(model.get_submodule(owner), attr)
         assert state[logical].dtype == value.dtype and torch.equal(state[logical], value), logical
 
-    plain = _small_model(seed=1)  # other random weights: all must be overwritten
+    if predictor == "stateless":  # its convolution is quantized like every other weight
+        assert "predictor.conv.weight" in quantized
+    plain = _small_model(seed=1, predictor=predictor)  # other weights: all must be overwritten
     plain.load_state_dict(state)
     batch = _batch()
     feats, feat_lens = batch[:2]

@@ -195,3 +195,24 @@ def test_zero_length_utterance_gives_finite_output() -> None:
         out, lens = enc(torch.randn(2, 30, 20), torch.tensor([30, 3]))
     assert lens.tolist()[1] == 0
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("factor", [4, 6, 8])
+def test_subsampling_gradients_equal_plain_autograd(factor: int) -> None:
+    # The training path computes the strided convolutions' input gradients with ATen's kernel
+    # (faster than oneDNN's on the CPU); values and every gradient must be the plain ones.
+    torch.manual_seed(factor)
+    sub = Conv2dSubsampling(40, 24, factor, 8, dropout=0.0)
+    feats, lens = torch.randn(3, 90, 40), torch.tensor([90, 70, 50])
+    out, _ = sub(feats, lens)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    ours = {name: p.grad.clone() for name, p in sub.named_parameters()}
+    sub.zero_grad()
+    plain = sub.conv(feats.unsqueeze(1))  # nn.Sequential: oneDNN forward and backward
+    n, c, t, f = plain.shape
+    reference = sub.out(plain.transpose(1, 2).reshape(n, t, c * f))
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    for name, p in sub.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-4, msg=name)

@@ -5,7 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowbit_asr.model import RNNT, DecodingConfig, beam_search, decoding, greedy_search
+from lowbit_asr.model import (
+    RNNT,
+    DecodingConfig,
+    PredictorConfig,
+    beam_search,
+    decoding,
+    greedy_search,
+)
+
+PREDICTORS = {
+    "lstm": {},
+    "stateless": {"predictor": PredictorConfig(
+        kind="stateless", embed_dim=24, hidden_dim=24, context_size=3, dropout=0.1)},
+}
+"""Both prediction networks go through every search: their states differ (floats vs tokens)."""
 
 
 def _peaky(model: RNNT, scale: float = 4.0) -> RNNT:
@@ -17,8 +31,11 @@ def _peaky(model: RNNT, scale: float = 4.0) -> RNNT:
 
 @pytest.mark.parametrize("max_symbols", [1, 3])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_beam_one_equals_greedy(make_model, make_batch, seed: int, max_symbols: int) -> None:
-    model = _peaky(make_model(seed=seed))
+@pytest.mark.parametrize("predictor", sorted(PREDICTORS))
+def test_beam_one_equals_greedy(
+    make_model, make_batch, seed: int, max_symbols: int, predictor: str
+) -> None:
+    model = _peaky(make_model(seed=seed, **PREDICTORS[predictor]))
     feats, feat_lens, _, _ = make_batch(seed=seed)
     enc, enc_lens = model.encode(feats, feat_lens)
     greedy = greedy_search(model, enc, enc_lens, max_symbols)
@@ -32,11 +49,12 @@ def test_beam_one_equals_greedy(make_model, make_batch, seed: int, max_symbols: 
 @pytest.mark.parametrize("max_symbols", [1, 3])
 @pytest.mark.parametrize("scale", [1.0, 4.0])
 @pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("predictor", sorted(PREDICTORS))
 def test_beam_never_scores_worse_than_greedy(
-    make_model, make_batch, seed: int, scale: float, max_symbols: int
+    make_model, make_batch, seed: int, scale: float, max_symbols: int, predictor: str
 ) -> None:
     # Score = exact log P(y|x) under the model (all alignments), not the search's own score.
-    model = _peaky(make_model(seed=seed), scale)
+    model = _peaky(make_model(seed=seed, **PREDICTORS[predictor]), scale)
     feats, feat_lens, _, _ = make_batch(seed=seed)
     greedy = model.decode(feats, feat_lens, DecodingConfig("greedy", 1, max_symbols))
     beam = model.decode(feats, feat_lens, DecodingConfig("beam", 4, max_symbols, rescore=True))
@@ -64,11 +82,12 @@ def test_rescoring_is_what_makes_beam_safe(make_model, make_batch) -> None:
 
 
 @pytest.mark.parametrize("lattice_elements", [1 << 22, 40], ids=["whole", "frame-by-frame"])
+@pytest.mark.parametrize("predictor", sorted(PREDICTORS))
 def test_sequence_log_prob_matches_training_loss(
-    make_model, make_batch, monkeypatch, lattice_elements: int
+    make_model, make_batch, monkeypatch, lattice_elements: int, predictor: str
 ) -> None:
     monkeypatch.setattr(decoding, "_LATTICE_ELEMENTS", lattice_elements)
-    model = make_model(seed=2).eval()
+    model = make_model(seed=2, **PREDICTORS[predictor]).eval()
     feats, feat_lens, targets, target_lens = make_batch(seed=2)
     hyps = [t[:n].tolist() for t, n in zip(targets, target_lens, strict=True)]
     scores = model.sequence_log_prob(feats, feat_lens, hyps)
@@ -76,8 +95,9 @@ def test_sequence_log_prob_matches_training_loss(
     torch.testing.assert_close(-scores.mean(), loss.detach(), atol=1e-4, rtol=1e-5)
 
 
-def test_greedy_batched_equals_one_by_one(make_model, make_batch) -> None:
-    model = _peaky(make_model(seed=4))
+@pytest.mark.parametrize("predictor", sorted(PREDICTORS))
+def test_greedy_batched_equals_one_by_one(make_model, make_batch, predictor: str) -> None:
+    model = _peaky(make_model(seed=4, **PREDICTORS[predictor]))
     feats, feat_lens, _, _ = make_batch(seed=4, lengths=(70, 33, 52, 41))
     batched = model.decode(feats, feat_lens)
     for i, length in enumerate(feat_lens.tolist()):
@@ -86,8 +106,11 @@ def test_greedy_batched_equals_one_by_one(make_model, make_batch) -> None:
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
-def test_symbol_cap_and_no_blanks_in_output(make_model, make_batch, method: str) -> None:
-    model = make_model(seed=0).eval()
+@pytest.mark.parametrize("predictor", sorted(PREDICTORS))
+def test_symbol_cap_and_no_blanks_in_output(
+    make_model, make_batch, method: str, predictor: str
+) -> None:
+    model = make_model(seed=0, **PREDICTORS[predictor]).eval()
     with torch.no_grad():
         model.joiner.output.bias[0] = -1e4  # blank never wins: every frame hits the cap
     feats, feat_lens, _, _ = make_batch()

@@ -8,7 +8,7 @@ import torchaudio.functional as AF
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lowbit_asr.model import RNNT, count_parameters
+from lowbit_asr.model import RNNT, PredictorConfig, count_parameters
 from lowbit_asr.model.rnnt_loss import rnnt_nll
 
 
@@ -236,3 +236,52 @@ def test_parametrized_lstm_on_cuda_uses_parametrized_weights(make_model, make_ba
         grad = model.predictor.lstm.parametrizations[name].original.grad
         # d(loss)/d(original) = 0.5 * d(loss)/d(weight) for w = 0.5 * original
         torch.testing.assert_close(grad, 0.5 * getattr(manual.predictor.lstm, name).grad)
+
+
+# ---- the stateless predictor ---------------------------------------------------------------
+def _stateless(make_model, context_size: int, **overrides) -> RNNT:
+    predictor = PredictorConfig(
+        kind="stateless", embed_dim=16, hidden_dim=24, context_size=context_size, dropout=0.0)
+    return make_model(predictor=predictor, **overrides).eval()
+
+
+@pytest.mark.parametrize("context_size", [1, 2, 4])
+def test_stateless_predictor_steps_equal_the_whole_sequence(make_model, context_size) -> None:
+    # Search feeds one token at a time with the state of the previous call; training feeds the
+    # whole sequence: both must give the same outputs (history before the start = blanks).
+    predictor = _stateless(make_model, context_size).predictor
+    tokens = torch.tensor([[0, 3, 7, 1, 1, 9, 2], [0, 5, 5, 5, 4, 8, 6]])
+    whole, _ = predictor(tokens)
+    state, steps = None, []
+    for u in range(tokens.size(1)):
+        out, state = predictor.step(tokens[:, u], state)
+        steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), whole, rtol=1e-6, atol=1e-6)
+    first, mid = predictor(tokens[:, :3])  # two calls, the second continuing the first
+    rest, _ = predictor(tokens[:, 3:], mid)
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole, rtol=1e-6, atol=1e-6)
+    assert state[0].shape == (2, context_size - 1)
+
+
+def test_stateless_predictor_sees_exactly_its_context(make_model) -> None:
+    predictor = _stateless(make_model, 3).predictor
+    tokens = torch.tensor([[0, 3, 7, 1, 4, 9, 2]])
+    out, _ = predictor(tokens)
+    for position, changed_at in [(5, 2), (5, 3), (5, 4), (5, 5)]:
+        other = tokens.clone()
+        other[0, changed_at] = 10
+        out_other, _ = predictor(other)
+        seen = position - changed_at < 3  # tokens position-2 .. position
+        assert (not torch.equal(out[0, position], out_other[0, position])) == seen, changed_at
+
+
+@pytest.mark.parametrize("loss_impl", ["torchaudio", "pruned"])
+def test_stateless_model_trains_every_parameter(make_model, make_batch, loss_impl) -> None:
+    model = _stateless(make_model, 2, rnnt_loss_impl=loss_impl, ctc_weight=0.5).train()
+    out = model(*make_batch())
+    assert all(torch.isfinite(v) for v in out.values())
+    out["loss"].backward()
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
+    assert {n for n, _ in model.predictor.named_parameters()} == {
+        "embedding.weight", "conv.weight", "conv.bias"}
+    assert "stateless c2 16->24" in model.summary()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -44,3 +45,25 @@ def test_weight_decay_only_on_matrices():
 def test_invalid_optim_config_names_field(kwargs, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         OptimConfig(**kwargs)
+
+
+def test_fused_and_multi_tensor_adamw_make_the_same_updates():
+    # The fused kernel (full-precision training) is a faster AdamW, not another optimiser.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+    twin, start = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.1)
+    fused = build_optimizer(model.named_parameters(), cfg, fused=True)
+    multi = build_optimizer(twin.named_parameters(), cfg)
+    assert fused.defaults["fused"] and multi.defaults["foreach"] and not multi.defaults["fused"]
+    x = torch.randn(32, 8)
+    for _ in range(20):
+        for net, opt in ((model, fused), (twin, multi)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b, before in zip(model.parameters(), twin.parameters(), start.parameters(),
+                            strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert (a - before).abs().max() > 1e-3  # 20 steps at lr 1e-2 moved every tensor

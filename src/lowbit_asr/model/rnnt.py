@@ -1,4 +1,4 @@
-"""RNN-T: Conformer encoder + LSTM or stateless predictor + additive joiner, RNN-T loss, optional CTC head.
+"""RNN-T: Conformer encoder, LSTM or stateless predictor, additive joiner, RNN-T loss, optional CTC.
 
 Blank is token id 0 and is also the start-of-sequence input of the predictor.
 

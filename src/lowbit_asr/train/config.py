@@ -24,6 +24,11 @@ from lowbit_asr.train.optim import OptimConfig
 
 INIT_MODES = ("scratch", "float_ckpt")
 
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+"""Lightning precisions ``trainer.precision`` accepts."""
+FULL_PRECISIONS = ("32-true", "32")
+"""The full-precision ones: no autocast, no gradient scaler (the fused AdamW applies)."""
+
 
 def _build(cls: type, data: Mapping[str, Any] | None, key: str) -> Any:
     """``cls(**data)`` with unknown keys and validation errors reported under ``key``."""
@@ -89,7 +94,7 @@ class TrainerConfig:
             raise ValueError(
                 f"trainer.accelerator must be cpu, gpu or auto, got {self.accelerator!r}"
             )
-        if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
+        if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision: unsupported value {self.precision!r}")
         if not isinstance(self.max_steps, int) or self.max_steps < -1 or self.max_steps == 0:
             raise ValueError(

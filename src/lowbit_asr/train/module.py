@@ -27,6 +27,7 @@ from lowbit_asr.quant import (
     set_fake_quant_enabled,
     size_report,
 )
+from lowbit_asr.train.config import FULL_PRECISIONS
 from lowbit_asr.train.optim import OptimConfig, build_optimizer, lr_factor
 from lowbit_asr.train.scoring import UtteranceScore, score_utterance, word_errors
 
@@ -170,7 +171,10 @@ class RNNTModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + per-step warm-up/decay schedule."""
-        optimizer = build_optimizer(self.model.named_parameters(), self.optim_cfg)
+        # Fused AdamW where Lightning allows it with gradient clipping: full precision.
+        full_precision = str(self.trainer.precision) in FULL_PRECISIONS
+        optimizer = build_optimizer(
+            self.model.named_parameters(), self.optim_cfg, fused=full_precision)
         total = self.optim_cfg.total_steps or max(int(self.trainer.max_steps), 0)
         if self.optim_cfg.schedule == "cosine" and total <= 0:
             total = int(self.trainer.estimated_stepping_batches)
