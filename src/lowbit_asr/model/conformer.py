@@ -53,7 +53,7 @@ class _Conv2dAtenInputGrad(torch.autograd.Function):
     stride-2 3x3 convolution (32 -> 32 channels) oneDNN's backward-data kernel took 11.6-11.8
     ms per ``float_mini``-shaped batch on one core, six times its forward, where ATen's took
     3.9-5.4 ms (AMD EPYC, native and AVX2-capped kernels); forward and weight gradient stay
-    oneDNN's (2.0 and 2.3 ms). Float32 CPU tensors only (``_use_aten_input_grad``).
+    oneDNN's (2.0 and 2.3 ms). Float32 CPU tensors only (``_training_conv2d``).
     """
 
     @staticmethod
@@ -79,11 +79,29 @@ class _Conv2dAtenInputGrad(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def _use_aten_input_grad(x: Tensor) -> bool:
-    """Whether ``_Conv2dAtenInputGrad`` applies: a float32 CPU input that needs its gradient,
-    outside autocast (where the convolution would run in another precision)."""
-    return (x.requires_grad and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu"))
+def _training_conv2d(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(x)`` (unpadded, undilated, one group) with the CPU kernels that are fastest for
+    the subsampling's shapes when gradients are needed (measured on one core of an AMD EPYC,
+    ``float_mini``-shaped batch, native and AVX2-capped kernels):
+
+    - input needs its gradient (the second and later convolutions): oneDNN forward and weight
+      gradient, ATen's input gradient (``_Conv2dAtenInputGrad``);
+    - only the weights do (the first, one-channel convolution): ATen's im2col + GEMM forward
+      and backward (``_slow_conv2d_forward``), 3.9-4.2 ms against oneDNN's 5.6-8.1 ms, whose
+      one-input-channel primitive is slow to build and run under autograd.
+
+    Anything else (CUDA, another dtype, autocast, no gradient) is plain ``conv(x)``.
+    """
+    weight, bias = conv.weight, conv.bias
+    plain = (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
+             or torch.is_autocast_enabled("cpu") or not torch.is_grad_enabled())
+    if plain or not (x.requires_grad or weight.requires_grad):
+        return conv(x)
+    stride = tuple(conv.stride)
+    if x.requires_grad:
+        return _Conv2dAtenInputGrad.apply(x, weight, bias, stride)
+    return torch.ops.aten._slow_conv2d_forward(
+        x, weight, list(weight.shape[2:]), bias, list(stride), [0, 0])
 
 
 class Conv2dSubsampling(nn.Module):
@@ -137,10 +155,7 @@ class Conv2dSubsampling(nn.Module):
             )
         x = feats.unsqueeze(1)  # (N, 1, T, F)
         for layer in self.conv:  # Conv2d, ReLU, Conv2d, ReLU, ...
-            if isinstance(layer, nn.Conv2d) and _use_aten_input_grad(x):
-                x = _Conv2dAtenInputGrad.apply(x, layer.weight, layer.bias, layer.stride)
-            else:
-                x = layer(x)  # (N, C, T', F')
+            x = _training_conv2d(x, layer) if isinstance(layer, nn.Conv2d) else layer(x)
         n, c, t, f = x.shape
         x = x.transpose(1, 2).reshape(n, t, c * f)  # (N, T', C*F'): channels x freq per frame
         return self.dropout(self.out(x)), self.output_lengths(feat_lens)
