@@ -285,10 +285,10 @@ class ConvolutionModule(nn.Module):
 
     The pointwise (kernel-1) convolutions are computed as matrix products on the (N, T, D)
     layout, ``F.linear(x, weight[..., 0], bias)``: the same arithmetic as ``nn.Conv1d``, whose CPU
-    path for kernel 1 is PyTorch's unblocked ``_slow_conv2d`` (forward + backward ~7% of a
-    ``float_mini`` step, against ~2% as GEMMs; RESULTS.md, issue 13). Their parameters stay
-    ``nn.Conv1d`` ones, so checkpoints, the quantizer's policy (which reads each weight through
-    its module, parametrization included) and packed files are unchanged.
+    path for kernel 1 is PyTorch's unblocked ``_slow_conv2d`` (forward + backward 13.6 ms of a
+    0.19 s ``float_mini`` step on one core, ~10 ms as GEMMs; RESULTS.md, issue 13). Their
+    parameters stay ``nn.Conv1d`` ones, so checkpoints, the quantizer's policy (which reads each
+    weight through its module, parametrization included) and packed files are unchanged.
     """
 
     def __init__(self, d_model: int, kernel_size: int, dropout: float) -> None:
