@@ -199,8 +199,9 @@ def test_zero_length_utterance_gives_finite_output() -> None:
 
 @pytest.mark.parametrize("factor", [4, 6, 8])
 def test_subsampling_gradients_equal_plain_autograd(factor: int) -> None:
-    # The training path computes the strided convolutions' input gradients with ATen's kernel
-    # (faster than oneDNN's on the CPU); values and every gradient must be the plain ones.
+    # The training path runs the first convolution on ATen's kernels and the later ones' input
+    # gradients too (faster than oneDNN's on the CPU): values and gradients must be the plain
+    # ones up to float round-off (the kernels may sum in another order).
     torch.manual_seed(factor)
     sub = Conv2dSubsampling(40, 24, factor, 8, dropout=0.0)
     feats, lens = torch.randn(3, 90, 40), torch.tensor([90, 70, 50])
@@ -213,6 +214,6 @@ def test_subsampling_gradients_equal_plain_autograd(factor: int) -> None:
     n, c, t, f = plain.shape
     reference = sub.out(plain.transpose(1, 2).reshape(n, t, c * f))
     (reference * weights).sum().backward()
-    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
     for name, p in sub.named_parameters():
         torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-4, msg=name)
