@@ -45,7 +45,24 @@ that search selects, assigns and concatenates hypotheses' states without knowing
 the LSTM's hidden and cell state (B, L, H) each, or the stateless predictor's last tokens."""
 
 
-class Predictor(nn.Module):
+class _PredictorBase(nn.Module):
+    """What both prediction networks share: ``forward(tokens (N, U), state)`` is theirs; the
+    output width and the one-token ``step`` search calls are defined once here."""
+
+    cfg: PredictorConfig
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the predictor output."""
+        return self.cfg.hidden_dim
+
+    def step(self, tokens: Tensor, state: PredictorState | None) -> tuple[Tensor, PredictorState]:
+        """One step for a batch of last tokens (B,) -> outputs (B, H) and the new state."""
+        out, state = self(tokens[:, None], state)  # (B, 1, H)
+        return out[:, 0], state
+
+
+class Predictor(_PredictorBase):
     """Prediction network: Embedding(V, E) -> dropout -> LSTM (float32) -> dropout.
 
     The LSTM is called inside ``parametrize.cached()``: ``nn.LSTM`` looks its weights up several
@@ -66,11 +83,6 @@ class Predictor(nn.Module):
         )
         self.dropout = nn.Dropout(cfg.dropout)
 
-    @property
-    def output_dim(self) -> int:
-        """Width of the predictor output."""
-        return self.cfg.hidden_dim
-
     def forward(
         self, tokens: Tensor, state: PredictorState | None = None
     ) -> tuple[Tensor, PredictorState]:
@@ -85,13 +97,8 @@ class Predictor(nn.Module):
             out, (h, c) = self.lstm(x.float(), hx)  # (N, U, H), 2 x (L, N, H)
         return self.dropout(out), (h.transpose(0, 1), c.transpose(0, 1))
 
-    def step(self, tokens: Tensor, state: PredictorState | None) -> tuple[Tensor, PredictorState]:
-        """One step for a batch of last tokens (B,) -> outputs (B, H) and the new state."""
-        out, state = self(tokens[:, None], state)  # (B, 1, H)
-        return out[:, 0], state
 
-
-class StatelessPredictor(nn.Module):
+class StatelessPredictor(_PredictorBase):
     """Stateless prediction network (Ghodsi et al., ICASSP 2020; the decoder of icefall's
     transducers): Embedding(V, E) -> dropout -> Conv1d(E, H, context_size) over the last
     ``context_size`` tokens -> ReLU -> dropout.
@@ -110,11 +117,6 @@ class StatelessPredictor(nn.Module):
         self.conv = nn.Conv1d(cfg.embed_dim, cfg.hidden_dim, cfg.context_size)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    @property
-    def output_dim(self) -> int:
-        """Width of the predictor output."""
-        return self.cfg.hidden_dim
-
     def forward(
         self, tokens: Tensor, state: PredictorState | None = None
     ) -> tuple[Tensor, PredictorState]:
@@ -128,11 +130,6 @@ class StatelessPredictor(nn.Module):
         x = self.dropout(self.embedding(padded)).transpose(1, 2)  # (N, E, C-1+U)
         out = F.relu(self.conv(x)).transpose(1, 2)  # (N, U, H)
         return self.dropout(out), (padded[:, padded.size(1) - context:],)
-
-    def step(self, tokens: Tensor, state: PredictorState | None) -> tuple[Tensor, PredictorState]:
-        """One step for a batch of last tokens (B,) -> outputs (B, H) and the new state."""
-        out, state = self(tokens[:, None], state)  # (B, 1, H)
-        return out[:, 0], state
 
 
 def build_predictor(cfg: PredictorConfig, vocab_size: int) -> Predictor | StatelessPredictor:
