@@ -15,6 +15,7 @@ from lowbit_asr.commands import compare as compare_command
 from lowbit_asr.train.scoring import UtteranceScore, score_utterance, write_evaluation
 from lowbit_asr.train.significance import (
     block_labels,
+    compare_recipes_split,
     compare_split,
     holm,
     mapsswe,
@@ -23,6 +24,7 @@ from lowbit_asr.train.significance import (
     ratio_ci,
     segment_errors,
     split_metrics,
+    two_level_bootstrap,
 )
 
 VOCAB = [f"w{i}" for i in range(500)]
@@ -213,3 +215,122 @@ def test_compare_cli(tmp_path, monkeypatch, capsys):
         cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "c")])
     assert exit_info.value.code == 1
     assert compare_command.main([str(tmp_path / "a"), str(tmp_path / "nowhere")]) == 1
+
+
+# ---- recipes: several trainings per side ------------------------------------------------------
+
+
+def substituted(refs: list[str], rate: float, seed: int) -> list[str]:
+    """Each reference word replaced by a wrong one with probability ``rate`` (one training)."""
+    rng = random.Random(seed)
+    return [" ".join("oops" if rng.random() < rate else w for w in r.split()) for r in refs]
+
+
+def trainings(ids, refs, rates, seed):
+    return [score(ids, refs, substituted(refs, rate, seed * 100 + k))
+            for k, rate in enumerate(rates)]
+
+
+def test_seed_spread_is_not_a_recipe_effect():
+    # One recipe trained six times: word error rates 20-24% (the spread of seeds). Split into
+    # two "recipes" of three, the per-model test calls two of its trainings different, the
+    # recipe test does not.
+    ids, refs = make_refs(300, speakers=60)
+    runs = trainings(ids, refs, [0.20, 0.235, 0.215, 0.24, 0.205, 0.225], seed=1)
+    single = compare_split("test-clean", runs[0], runs[3])
+    assert single["verdict"] == "B worse"  # 20% vs 24%: two models, and they do differ
+    out = compare_recipes_split("test-clean", runs[:3], runs[3:])
+    assert out["verdict"] == "no significant difference"
+    assert out["welch_p"] > 0.05 and out["trainings_a"] == out["trainings_b"] == 3
+    assert out["delta_ci"][0] < 0 < out["delta_ci"][1]
+    means = [np.mean([sum(s.word_errors for s in r) for r in side]) / out["words"]
+             for side in (runs[:3], runs[3:])]
+    assert out["wer_a"] == pytest.approx(means[0]) and out["wer_b"] == pytest.approx(means[1])
+    assert out["delta"] == pytest.approx(means[1] - means[0])
+    assert out["sd_a"] > 0 and len(out["wer_b_runs"]) == 3
+
+
+def test_recipe_effect_beyond_the_seed_spread_is_found():
+    ids, refs = make_refs(300, speakers=60)
+    out = compare_recipes_split("test-clean", trainings(ids, refs, [0.20, 0.22, 0.21], 2),
+                                trainings(ids, refs, [0.30, 0.31, 0.29], 3))
+    assert out["verdict"] == "B worse" and out["welch_p"] < 0.01
+    low, high = out["delta_ci"]
+    assert 0.0 < low < 0.09 < high  # the true difference of the rates, ~9 points
+    assert out["prob_b_worse"] == 1.0
+    better = compare_recipes_split("test-clean", trainings(ids, refs, [0.30, 0.31, 0.29], 3),
+                                   trainings(ids, refs, [0.20, 0.22, 0.21], 2))
+    assert better["verdict"] == "B better" and better["delta"] == pytest.approx(-out["delta"])
+
+
+def test_two_level_interval_holds_the_training_spread():
+    ids, refs = make_refs(300, speakers=60)
+    groups, _ = block_labels(score(ids, refs, refs))
+    words = [len(r.split()) for r in refs]
+    a = [[s.word_errors for s in run] for run in trainings(ids, refs, [0.2], 4)]
+    b = [[s.word_errors for s in run] for run in trainings(ids, refs, [0.25], 5)]
+    # Identical trainings within each recipe: only the speakers vary, as in the paired bootstrap.
+    two = two_level_bootstrap(a * 3, b * 3, words, groups)
+    one = paired_bootstrap(a[0], b[0], words, groups)
+    assert two.delta == pytest.approx(one.delta)
+    assert two.low == pytest.approx(one.low, abs=0.004)
+    assert two.high == pytest.approx(one.high, abs=0.004)
+    # Trainings that disagree widen it.
+    spread_a = [[s.word_errors for s in run] for run in trainings(ids, refs, [0.14, 0.2, 0.26], 6)]
+    wide = two_level_bootstrap(spread_a, b * 3, words, groups)
+    assert wide.high - wide.low > 1.5 * (one.high - one.low)
+
+
+def test_recipe_comparison_degenerate_and_mismatched_inputs():
+    ids, refs = make_refs()
+    run = score(ids, refs, near_perfect(refs))
+    other = score(ids, refs, substituted(refs, 0.1, 7))
+    same = compare_recipes_split("dev", [run, run], [other, other])
+    assert same["verdict"].startswith("undetermined") and math.isnan(same["welch_p"])
+    with pytest.raises(ValueError, match="at least two trainings"):
+        compare_recipes_split("dev", [run], [other, other])
+    changed = list(refs)
+    changed[3] = "another reference"
+    with pytest.raises(ValueError, match=r"split dev: .* between A1 and B2"):
+        compare_recipes_split("dev", [run, run], [other, score(ids, changed, changed)])
+    with pytest.raises(ValueError, match="200 utterances in A1, 199 in A2"):
+        compare_recipes_split("dev", [run, run[:-1]], [other, other])
+
+
+def test_compare_cli_recipes(tmp_path, monkeypatch, capsys):
+    ids, refs = make_refs(300, speakers=60)
+    paths = {}
+    for name, rate, seed in (("a1", 0.20, 1), ("a2", 0.22, 2), ("a3", 0.21, 3),
+                             ("b1", 0.30, 4), ("b2", 0.31, 5), ("b3", 0.29, 6)):
+        scores = score(ids, refs, substituted(refs, rate, seed))
+        splits = {"test-clean": scores, "test-other": scores[:100]}
+        if name == "b3":
+            splits["dev-clean"] = scores[:50]
+        write_evaluation(tmp_path / name, splits, {"model": name})
+        paths[name] = str(tmp_path / name)
+    monkeypatch.setattr(sys, "argv", ["lowbit-asr"])
+    out_json = tmp_path / "recipes.json"
+    cli.main(["compare", "--a", paths["a1"], paths["a2"], paths["a3"],
+              "--b", paths["b1"], paths["b2"], paths["b3"], "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert "| split | utterances | trainings A / B | WER A % (mean ± SD) |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| test-clean |"))
+    assert "| 300 | 3 / 3 |" in row and row.endswith("| B worse |")
+    assert "Holm-adjusted Welch p over the splits" in out
+    assert "skipped: dev-clean (not in A1, A2, A3, B1, B2)" in out
+    saved = json.loads(out_json.read_text())
+    assert saved["mode"] == "recipes" and len(saved["a"]) == 3
+    assert saved["splits"]["test-clean"]["verdict"] == "B worse"
+    assert "welch_p_holm" in saved["splits"]["test-other"]
+
+    # One training per side is the two-model comparison, as with positional arguments.
+    assert compare_command.main(["--a", paths["a1"], "--b", paths["b1"]]) == 0
+    assert "MAPSSWE p" in capsys.readouterr().out
+    for bad, message in (
+            (["--a", paths["a1"], paths["a2"], "--b", paths["b1"]], "at least two trainings"),
+            ([paths["a1"], "--b", paths["b1"], paths["b2"]], "not both"),
+            (["--a", paths["a1"], paths["a2"]], "go together"),
+            ([paths["a1"]], "give two evaluations")):
+        with pytest.raises(SystemExit) as exit_info:
+            compare_command.main(bad)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -328,9 +328,11 @@ def non_inferior(delta_high: float, reference_wer: float, margin_relative: float
 
 
 def _check_pairing(split: str, a: Sequence[UtteranceScore], b: Sequence[UtteranceScore],
-                   ) -> None:
-    """Refuse two evaluations that are not of the same utterances with the same references."""
-    for name, scores in (("A", a), ("B", b)):
+                   names: tuple[str, str] = ("A", "B")) -> None:
+    """Refuse two evaluations that are not of the same utterances with the same references
+    (``names``: what the messages call them)."""
+    name_a, name_b = names
+    for name, scores in ((name_a, a), (name_b, b)):
         ids = [s.id for s in scores]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
@@ -338,11 +340,11 @@ def _check_pairing(split: str, a: Sequence[UtteranceScore], b: Sequence[Utteranc
     ids_a, ids_b = {s.id for s in a}, {s.id for s in b}
     if ids_a != ids_b:
         only_a, only_b = sorted(ids_a - ids_b), sorted(ids_b - ids_a)
-        parts = [f"{len(ids_a)} utterances in A, {len(ids_b)} in B"]
+        parts = [f"{len(ids_a)} utterances in {name_a}, {len(ids_b)} in {name_b}"]
         if only_a:
-            parts.append(f"{len(only_a)} only in A (e.g. {', '.join(only_a[:3])})")
+            parts.append(f"{len(only_a)} only in {name_a} (e.g. {', '.join(only_a[:3])})")
         if only_b:
-            parts.append(f"{len(only_b)} only in B (e.g. {', '.join(only_b[:3])})")
+            parts.append(f"{len(only_b)} only in {name_b} (e.g. {', '.join(only_b[:3])})")
         raise ValueError(f"split {split}: the evaluations are not of the same utterances: "
                          + "; ".join(parts))
     ref_b = {s.id: s.reference for s in b}
@@ -350,7 +352,8 @@ def _check_pairing(split: str, a: Sequence[UtteranceScore], b: Sequence[Utteranc
     if differing:
         first = differing[0]
         raise ValueError(
-            f"split {split}: {len(differing)} references differ between A and B (e.g. {first}:"
+            f"split {split}: {len(differing)} references differ between {name_a} and {name_b}"
+            f" (e.g. {first}:"
             f" {next(s.reference for s in a if s.id == first)!r} vs {ref_b[first]!r})")
 
 
@@ -387,5 +390,130 @@ def compare_split(split: str, a: Sequence[UtteranceScore], b: Sequence[Utterance
         "delta": boot.delta, "delta_ci": [boot.low, boot.high],
         "prob_b_worse": boot.prob_b_worse,
         "mapsswe_p": test.p_value, "mapsswe_z": test.z, "segments": test.segments,
+        "verdict": verdict,
+    }
+
+
+# ---- two recipes: several trainings each ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TwoLevelBootstrap:
+    """ΔWER = mean WER of recipe B's trainings − recipe A's, resampling trainings and speakers."""
+
+    delta: float  #: the difference of the two means on the data
+    low: float  #: lower bound of the percentile interval
+    high: float  #: upper bound
+    prob_b_worse: float  #: share of replicates with ΔWER > 0
+
+
+def two_level_bootstrap(errors_a: Sequence[Sequence[float]], errors_b: Sequence[Sequence[float]],
+                        words: Sequence[float], groups: Sequence[Hashable] | None = None,
+                        confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0,
+                        ) -> TwoLevelBootstrap:
+    """Each replicate draws, with replacement, as many trainings of each recipe as there are
+    (rows of ``errors_a`` / ``errors_b``: one per training, one column per utterance) and one
+    set of blocks (``groups``: speakers, else utterances) shared by all of them, and recomputes
+    the difference of the two recipes' mean WERs. So the interval holds both what changes from
+    one training to the next and which speakers the test set happened to have; the utterances
+    stay paired across every training.
+
+    Written here: ``scipy.stats.bootstrap`` resamples one level (observations of a sample, or
+    pairs across samples), not trainings and speakers at once. With few trainings per recipe
+    the first level under-states their spread (a bootstrap of n values has variance
+    (n − 1)/n of theirs): the Welch test of :func:`compare_recipes_split` decides, this interval
+    describes.
+    """
+    blocks_a = _block_sums(list(errors_a), groups)
+    blocks_b = _block_sums(list(errors_b), groups)
+    (n_words,) = _block_sums((words,), groups)
+    err_a, err_b = np.stack(blocks_a), np.stack(blocks_b)  # (trainings, blocks)
+    total = float(n_words.sum())
+    if total <= 0:
+        return TwoLevelBootstrap(math.nan, math.nan, math.nan, math.nan)
+    delta = float(err_b.sum(axis=1).mean() - err_a.sum(axis=1).mean()) / total
+    rng = np.random.default_rng(seed)
+    n_blocks = len(n_words)
+    replicates = []
+    batch = max(1, _batch(n_blocks * (len(err_a) + len(err_b))))
+    for start in range(0, n_resamples, batch):
+        r = min(batch, n_resamples - start)
+        counts = rng.multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), size=r)
+        sums_a = counts @ err_a.T  # (r, trainings of A): each training's errors on the draw
+        sums_b = counts @ err_b.T
+        pick_a = rng.integers(0, len(err_a), size=(r, len(err_a)))
+        pick_b = rng.integers(0, len(err_b), size=(r, len(err_b)))
+        mean_a = np.take_along_axis(sums_a, pick_a, axis=1).mean(axis=1)
+        mean_b = np.take_along_axis(sums_b, pick_b, axis=1).mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            replicates.append((mean_b - mean_a) / (counts @ n_words))
+    dist = np.concatenate(replicates)
+    dist = dist[np.isfinite(dist)]
+    alpha = 1.0 - confidence
+    low, high = (float(q) for q in np.quantile(dist, [alpha / 2, 1.0 - alpha / 2]))
+    return TwoLevelBootstrap(delta, low, high, float(np.mean(dist > 0)))
+
+
+def compare_recipes_split(split: str, runs_a: Sequence[Sequence[UtteranceScore]],
+                          runs_b: Sequence[Sequence[UtteranceScore]], alpha: float = 0.05,
+                          ) -> dict[str, Any]:
+    """Two *recipes* compared on one split, each by several trainings (e.g. ``seed=0,1,2``)
+    evaluated on the same utterances: is B's WER different beyond the spread between trainings?
+
+    One training per arm cannot say: two trainings of one recipe that differ only in seed or
+    round-off differ "significantly" by MAPSSWE as often as not at the mini corpus's budget
+    (RESULTS.md, issue 13), because the per-model tests treat each model as fixed. Here the
+    verdict is Welch's unequal-variance t-test of the trainings' WERs
+    (``scipy.stats.ttest_ind(equal_var=False)``: the test set is fixed and shared, the samples
+    are the trainings) at level ``alpha``; the interval is :func:`two_level_bootstrap`'s at
+    ``1 − alpha`` (trainings and speakers resampled), the one to quote for other speakers.
+    Needs at least two trainings per recipe. Raises ``ValueError`` naming the split and the
+    training when their utterances or references differ.
+    """
+    if len(runs_a) < 2 or len(runs_b) < 2:
+        raise ValueError(f"split {split}: a recipe comparison needs at least two trainings per"
+                         f" recipe ({len(runs_a)} for A, {len(runs_b)} for B); compare two"
+                         " single evaluations with compare_split")
+    named = [(f"A{i + 1}", r) for i, r in enumerate(runs_a)] + [
+        (f"B{i + 1}", r) for i, r in enumerate(runs_b)]
+    first_name, first = named[0]
+    if not first:
+        raise ValueError(f"split {split}: no utterances to compare")
+    for name, run in named[1:]:
+        _check_pairing(split, first, run, names=(first_name, name))
+    ordered = [sorted(run, key=lambda s: s.id) for _, run in named]
+    runs_a_sorted, runs_b_sorted = ordered[:len(runs_a)], ordered[len(runs_a):]
+    reference = ordered[0]
+    groups, blocks = block_labels(reference)
+    words = [s.ref_words for s in reference]
+    total = sum(words)
+    errors_a = [[s.word_errors for s in run] for run in runs_a_sorted]
+    errors_b = [[s.word_errors for s in run] for run in runs_b_sorted]
+    wer_a = np.array([sum(e) / total for e in errors_a])
+    wer_b = np.array([sum(e) / total for e in errors_b])
+    boot = two_level_bootstrap(errors_a, errors_b, words, groups, confidence=1.0 - alpha)
+    if np.ptp(wer_a) == 0 and np.ptp(wer_b) == 0:
+        # No spread within either recipe (e.g. the same seed and kernels twice): Welch's t is
+        # undefined, and nothing here measures training noise.
+        t, df, p = math.nan, math.nan, math.nan
+        verdict = "undetermined: every training of a recipe has the same WER"
+    else:
+        res = stats.ttest_ind(wer_b, wer_a, equal_var=False)
+        t, p = float(res.statistic), float(res.pvalue)
+        df = float(res.df)
+        if p < alpha and boot.delta != 0:
+            verdict = "B worse" if boot.delta > 0 else "B better"
+        else:
+            verdict = "no significant difference"
+    return {
+        "split": split, "utterances": len(reference),
+        "speakers": len({s.speaker for s in reference}), "words": int(total), "blocks": blocks,
+        "trainings_a": len(runs_a), "trainings_b": len(runs_b),
+        "wer_a_runs": [float(w) for w in wer_a], "wer_b_runs": [float(w) for w in wer_b],
+        "wer_a": float(wer_a.mean()), "wer_b": float(wer_b.mean()),
+        "sd_a": float(wer_a.std(ddof=1)), "sd_b": float(wer_b.std(ddof=1)),
+        "delta": boot.delta, "delta_ci": [boot.low, boot.high],
+        "prob_b_worse": boot.prob_b_worse,
+        "welch_t": t, "welch_df": df, "welch_p": p,
         "verdict": verdict,
     }
