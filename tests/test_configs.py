@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from lowbit_asr.data.config import DatasetConfig
 from lowbit_asr.model.rnnt import build_model, count_parameters
-from lowbit_asr.train.config import validate
+from lowbit_asr.train.config import recipe_id, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -121,3 +121,19 @@ def test_the_run_seed_seeds_the_data_too(tmp_path):
                             "trainer.check_val_every_n_epoch=2", root=tmp_path))
     assert cfg.trainer.lightning_kwargs()["check_val_every_n_epoch"] == 2
     assert validate(_compose("logger=csv", root=tmp_path)).logger.wandb.mode == "disabled"
+
+
+def test_recipe_id_leaves_out_the_seed_and_locations_only(tmp_path):
+    # Trainings of one recipe (another seed, another cache folder, logger or progress bar) share
+    # the fingerprint the frontier groups them by; any key that changes training does not.
+    base = recipe_id(validate(_compose("experiment=float_mini", root=tmp_path)))
+    same = [("seed=3",), ("dataset.cache_dir=/elsewhere", "logger=csv"),
+            ("trainer.enable_progress_bar=false", "dataset.num_workers=0")]
+    for overrides in same:
+        assert recipe_id(validate(_compose("experiment=float_mini", *overrides,
+                                           root=tmp_path))) == base, overrides
+    other = [("optim.lr=1e-3",), ("trainer.threads=1",), ("quantizer=int2_asym",),
+             ("trainer.max_steps=100",), ("model.encoder.d_model=144",)]
+    ids = {recipe_id(validate(_compose("experiment=float_mini", *o, root=tmp_path)))
+           for o in other}
+    assert base not in ids and len(ids) == len(other)

@@ -156,3 +156,75 @@ def test_a_post_training_point_far_over_100_percent_does_not_set_the_wer_axis():
     assert _y_cap([*trained, point(1.79, 1.84, "ptq")], "x") == 100.0
     # A trained point's CI above 100% is shown whole.
     assert abs(_y_cap([*trained, point(1.05, 1.1, "qat")], "x") - 110.0) < 1e-9
+
+
+def _seeded_sweep(root, points):
+    """Rows of trainings: run folder -> (quantizer, bits, size MB, seed, word error rate); one
+    ``recipe`` fingerprint per quantizer, as ``lowbit-asr train`` writes them."""
+    import random
+
+    from lowbit_asr.train.scoring import score_utterance, write_evaluation
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(300)]
+    refs = {f"{100 + i // 5}-7-{i:04d}": " ".join(rng.sample(vocab, rng.randint(8, 14)))
+            for i in range(300)}
+    for name, (quantizer, bits, size, seed, rate) in points.items():
+        draw = random.Random(f"{name}")
+        scores = [score_utterance(uid, ref, " ".join(
+            "oops" if draw.random() < rate else w for w in ref.split()), nll=1.0, ref_tokens=5)
+            for uid, ref in sorted(refs.items())]
+        summary = write_evaluation(root / name / "eval", {"test-clean": scores}, {})
+        row = {"status": "ok", "run_id": name, "experiment": "grid", "quantizer": quantizer,
+               "quant_bits": bits, "quant_symmetric": False,
+               "quant_granularity": "float" if bits == 32 else "per_channel",
+               "quant_group": "", "quant_clip": "none", "size_bytes": int(size * 1e6),
+               "size_mb": size, "bits_per_quantized_weight": float(bits),
+               "wer": {"test-clean": summary["splits"]["test-clean"]["wer"]},
+               "wer_ci": {"test-clean": summary["splits"]["test-clean"]["wer_ci"]},
+               "evaluation": "eval/evaluation.json", "commit": "abc", "command": "x",
+               "seed": seed, "recipe": f"recipe-of-{quantizer}"}
+        (root / name / "results.json").write_text(json.dumps(row))
+    return root
+
+
+def test_trainings_of_one_recipe_are_one_point_tested_by_welch(tmp_path):
+    # The float reference and two 2-bit recipes, three seeds each (error rates spread by seed
+    # as real trainings are), and a 4-bit point trained once.
+    points = {
+        "none": ("none", 32, 16.0, 0, 0.20), "none.seed1": ("none", 32, 16.0, 1, 0.23),
+        "none.seed2": ("none", 32, 16.0, 2, 0.21),
+        "int2_asym": ("int2_asym", 2, 1.2, 0, 0.235), "int2_asym.seed1": (
+            "int2_asym", 2, 1.2, 1, 0.20), "int2_asym.seed2": ("int2_asym", 2, 1.2, 2, 0.225),
+        "int2_sym": ("int2_sym", 2, 1.2, 0, 0.33), "int2_sym.seed1": ("int2_sym", 2, 1.2, 1, 0.35),
+        "int2_sym.seed2": ("int2_sym", 2, 1.2, 2, 0.34),
+        "int4_asym": ("int4_asym", 4, 2.2, 0, 0.205),
+    }
+    sweep = _seeded_sweep(tmp_path / "sweep", points)
+    rows = load_rows(sweep)
+    flat, _ = frontier_rows(rows)
+    by = {i["quantizer"]: i for i in flat}
+    assert len(flat) == 4 and by["none"]["reference"]
+    assert by["int2_asym"]["trainings"] == 3 and by["int2_asym"]["seeds"] == [0, 1, 2]
+    wers = [r["wer"]["test-clean"] for r in rows if r["quantizer"] == "int2_asym"]
+    item = by["int2_asym"]
+    assert abs(item["wer_test-clean"] - sum(wers) / 3) < 1e-12
+    assert item["wer_low_test-clean"] < item["wer_test-clean"] < item["wer_high_test-clean"]
+    # Seed 0 of int2_asym alone is significantly worse than seed 0 of the reference (23.5 vs
+    # 20%); the recipe is not, over its three trainings.
+    from lowbit_asr.train.scoring import load_evaluation
+    from lowbit_asr.train.significance import compare_split
+
+    alone = compare_split("test-clean", load_evaluation(sweep / "none")[1]["test-clean"],
+                          load_evaluation(sweep / "int2_asym")[1]["test-clean"])
+    assert alone["verdict"] == "B worse"
+    assert item["test_test-clean"] == "Welch" and item["lossless"] is True
+    bad = by["int2_sym"]
+    assert bad["test_test-clean"] == "Welch" and bad["lossless"] is False
+    assert bad["p_test-clean"] < 0.01 and bad["delta_test-clean"] > 0.1
+    # Trained once: the per-model test, against the reference's training with its seed.
+    once = by["int4_asym"]
+    assert once["trainings"] == 1 and once["test_test-clean"] == "MAPSSWE"
+    assert once["against"] == "none"
+    md = write_frontier(sweep)["md"].read_text()
+    assert "int2_asym ×3" in md and "Welch" in md and "×n: n seeds" in md

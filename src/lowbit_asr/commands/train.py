@@ -40,6 +40,7 @@ from lowbit_asr.train.checkpoint import (
 from lowbit_asr.train.config import (
     RUN_CONFIG_FILE,
     TrainConfig,
+    recipe_id,
     resume_differences,
     validate,
 )
@@ -266,6 +267,7 @@ def run(plain: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         command=command_line(), commit=commit,
         extra={**({"status": "truncated", "error": truncated} if truncated else {}),
                "attempts": module.attempt,
+               "seed": cfg.seed, "recipe": recipe_id(cfg),
                "best_checkpoint": best,
                "wer_ci": {s: splits[s]["wer_ci"] for s in wer},
                "evaluation": f"{RUN_EVAL_DIR}/{EVALUATION_FILE}",

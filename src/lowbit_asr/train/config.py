@@ -7,8 +7,10 @@ the key's name, not an hour into a run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -209,6 +211,31 @@ class TrainConfig:
     init: InitConfig
     seed: int
     experiment_name: str
+
+
+NOT_THE_RECIPE = {"dataset": ("seed", "cache_dir", "num_workers"),
+                  "trainer": ("enable_progress_bar", "log_every_n_steps")}
+"""Keys that change neither what a run trains nor how (where features are cached, how often
+it logs), besides the seed and the logger: runs that differ only in these are trainings of one
+recipe (:func:`recipe_id`). The loader's ``num_workers`` is here because the batches do not
+depend on it (one seeded sampler builds them; tests/data cover it)."""
+
+
+def recipe_id(cfg: TrainConfig) -> str:
+    """A short fingerprint of what a run trains, its seed left out: two runs with the same id
+    are two trainings of one recipe (e.g. ``seed=0,1,2``), which the frontier and ``lowbit-asr
+    compare --a/--b`` test as one. Everything else counts, thread counts included (another
+    round-off, another recipe: conservative)."""
+    doc: dict[str, Any] = {
+        "model": asdict(cfg.model), "dataset": asdict(cfg.dataset),
+        "quantizer": cfg.quantizer.to_config(), "optim": asdict(cfg.optim),
+        "trainer": asdict(cfg.trainer), "init": asdict(cfg.init),
+        "experiment_name": cfg.experiment_name}
+    for group, keys in NOT_THE_RECIPE.items():
+        for key in keys:
+            doc[group].pop(key, None)
+    text = json.dumps(doc, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def validate(cfg: Mapping[str, Any]) -> TrainConfig:

@@ -13,6 +13,12 @@ upper bound of its paired 95% CI of ΔWER is at most 3% of the reference WER. Po
 are drawn with their own marker, are never the reference, and are tested against the float
 checkpoint they quantized where its row is in the table (the fine-tuned reference is not what they
 start from).
+
+A point trained several times (rows with one ``recipe`` fingerprint and another ``seed``, e.g.
+``lowbit-asr reproduce --seeds 3``) is one item: its WER is the trainings' mean with a two-level
+bootstrap CI, and it is tested against the reference's trainings by Welch's t-test of the
+trainings' WERs (:func:`lowbit_asr.train.significance.compare_recipes_split`) when both have two
+or more; a point trained once keeps the per-model MAPSSWE test.
 """
 
 from __future__ import annotations
@@ -26,7 +32,14 @@ from typing import Any
 
 from lowbit_asr.train.results import RESULT_FILE
 from lowbit_asr.train.scoring import UtteranceScore, load_evaluation
-from lowbit_asr.train.significance import compare_split, holm, non_inferior
+from lowbit_asr.train.significance import (
+    block_labels,
+    compare_recipes_split,
+    compare_split,
+    holm,
+    non_inferior,
+    two_level_bootstrap,
+)
 
 BIT_COLOURS = {1: "#7f0000", 2: "#d62728", 3: "#ff7f0e", 4: "#1f77b4", 8: "#2ca02c",
                32: "#000000", "mixed": "#9467bd"}
@@ -55,6 +68,9 @@ VERDICT_NOTE = (
     " fine-tuned like the grid), with its paired-bootstrap 95% CI (Bisani & Ney 2004, speakers as"
     " blocks); a post-training (ptq) point's reference is the float checkpoint it quantized."
     " p: NIST MAPSSWE (matched-pairs sentence-segment word error test, two-sided)."
+    " A point trained several times (×n: n seeds of one recipe) shows the trainings' mean WER"
+    " with a two-level bootstrap CI (trainings and speakers), and its p is Welch's t-test of its"
+    " trainings' WERs against the reference's trainings (when both have two or more)."
     " **Lossless** = not significantly worse than the reference at α = 0.05 after Holm–Bonferroni"
     " correction over every (point, split) test of its method in this table (trained points one"
     " family, post-training ones another) — this is the verdict that decides;"
@@ -97,6 +113,23 @@ def _mean_wer(row: dict[str, Any]) -> float:
     return sum(values) / len(values)
 
 
+def group_trainings(ok: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The rows as groups of trainings of one recipe: rows of one method with the same
+    ``recipe`` fingerprint (written by ``lowbit-asr train``: the config without its seed and
+    locations) form one group, sorted by seed; rows without one (post-training points, older
+    runs) stand alone. Groups in order of their first row."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for i, r in enumerate(ok):
+        key = (method(r), r["recipe"]) if r.get("recipe") else ("alone", i)
+        groups.setdefault(key, []).append(r)
+    return [sorted(g, key=lambda r: (r.get("seed") is None, r.get("seed") or 0, r["path"]))
+            for g in groups.values()]
+
+
+def _group_mean_wer(group: list[dict[str, Any]]) -> float:
+    return sum(_mean_wer(r) for r in group) / len(group)
+
+
 def _scores(row: dict[str, Any]) -> dict[str, list[UtteranceScore]] | None:
     """A row's per-utterance test results (None: the run wrote none, e.g. an older run)."""
     if not row.get("evaluation") or not row.get("path"):
@@ -107,46 +140,62 @@ def _scores(row: dict[str, Any]) -> dict[str, list[UtteranceScore]] | None:
         return None
 
 
-def reference_row(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The float point the others are tested against: among the float rows, those trained with
-    the experiment most quantized rows used (the float model fine-tuned like the grid), else all
-    float rows; of these the lowest mean WER."""
-    trained = [r for r in ok if method(r) != "ptq"]  # PTQ rows were never trained
-    floats = [r for r in trained if r.get("quant_bits") == 32]
-    quantized = [r.get("experiment") for r in trained if r.get("quant_bits") != 32]
+def reference_group(groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]] | None:
+    """The float point the others are tested against: among the float groups, those trained
+    with the experiment most quantized rows used (the float model fine-tuned like the grid),
+    else all float groups; of these the lowest mean WER (over its trainings)."""
+    trained = [g for g in groups if method(g[0]) != "ptq"]  # PTQ rows were never trained
+    floats = [g for g in trained if g[0].get("quant_bits") == 32]
+    quantized = [r.get("experiment") for g in trained if g[0].get("quant_bits") != 32 for r in g]
     if quantized:
         grid = Counter(quantized).most_common(1)[0][0]
-        floats = [r for r in floats if r.get("experiment") == grid] or floats
-    return min(floats, key=_mean_wer) if floats else None
+        floats = [g for g in floats if g[0].get("experiment") == grid] or floats
+    return min(floats, key=_group_mean_wer) if floats else None
 
 
-def source_row(row: dict[str, Any], ok: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The trained float row whose checkpoint a post-training row quantized (its
+def reference_row(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """:func:`reference_group` of rows each trained once: the reference row."""
+    group = reference_group([[r] for r in ok])
+    return group[0] if group else None
+
+
+def source_group(group: list[dict[str, Any]], groups: list[list[dict[str, Any]]],
+                 ) -> list[dict[str, Any]] | None:
+    """The trained float group holding the checkpoint a post-training row quantized (its
     ``source_checkpoint`` is that row's ``best_checkpoint``), else None."""
+    row = group[0]
     source = row.get("source_checkpoint")
     if method(row) != "ptq" or not source:
         return None
     resolved = str(Path(source).resolve())
-    for r in ok:
-        if (method(r) != "ptq" and r.get("quant_bits") == 32 and r.get("best_checkpoint")
-                and str(Path(r["best_checkpoint"]).resolve()) == resolved):
-            return r
+    for g in groups:
+        for r in g:
+            if (method(r) != "ptq" and r.get("quant_bits") == 32 and r.get("best_checkpoint")
+                    and str(Path(r["best_checkpoint"]).resolve()) == resolved):
+                return [r]  # PTQ quantized that one training: test against it
     return None
 
 
-def add_significance(flat: list[dict[str, Any]], ok: list[dict[str, Any]],
-                     splits: list[str]) -> None:
-    """Per item and split: ΔWER against the reference with its paired CI, P(worse), the
-    MAPSSWE p-value, Holm-adjusted p, and the ``lossless`` / ``lossless_raw`` / ``within3``
-    verdicts (None where either side has no per-utterance results); per item ``lossless`` on
-    every split, and ``reference`` for the reference itself.
+def _pick(group: list[dict[str, Any]], seed: Any) -> dict[str, Any]:
+    """The training of ``group`` with ``seed`` (else its first): the partner of a point trained
+    once when the other side was trained several times."""
+    return next((r for r in group if r.get("seed") == seed), group[0])
 
-    Trained points are tested against :func:`reference_row` (the float model fine-tuned like
-    them); a post-training point against the float checkpoint it quantized (:func:`source_row`)
+
+def add_significance(flat: list[dict[str, Any]], groups: list[list[dict[str, Any]]],
+                     splits: list[str]) -> None:
+    """Per item and split: ΔWER against the reference with its CI, P(worse), the p-value
+    (``test_<split>``: MAPSSWE between two models, Welch between two groups of trainings),
+    Holm-adjusted p, and the ``lossless`` / ``lossless_raw`` / ``within3`` verdicts (None where
+    either side has no per-utterance results); per item ``lossless`` on every split, and
+    ``reference`` for the reference itself.
+
+    Trained points are tested against :func:`reference_group` (the float model fine-tuned like
+    them); a post-training point against the float checkpoint it quantized (:func:`source_group`)
     where that row is in the table — the fine-tune is not what PTQ starts from, and its WER
     differs from the checkpoint's by more than the test's noise — else against the reference.
     ``against`` names the row each item was tested against."""
-    ref = reference_row(ok)
+    ref = reference_group(groups)
     cache: dict[int, dict[str, list[UtteranceScore]] | None] = {}
 
     def scores_of(row: dict[str, Any]) -> dict[str, list[UtteranceScore]] | None:
@@ -155,27 +204,45 @@ def add_significance(flat: list[dict[str, Any]], ok: list[dict[str, Any]],
         return cache[id(row)]
 
     keys = ("delta", "delta_low", "delta_high", "prob_worse", "p", "p_holm", "lossless",
-            "lossless_raw", "within3")
+            "lossless_raw", "within3", "test")
     tests: list[tuple[dict[str, Any], str]] = []
-    for item, row in zip(flat, ok, strict=True):
-        item["reference"] = row is ref
-        against = source_row(row, ok) or ref
-        item["against"] = against["run_id"] if against is not None and row is not ref else None
+    for item, group in zip(flat, groups, strict=True):
+        item["reference"] = group is ref
+        against = source_group(group, groups) or ref
+        if against is not None and len(group) == 1 and len(against) > 1:
+            against = [_pick(against, group[0].get("seed"))]
+        item["against"] = (against[0]["run_id"] if against is not None and group is not ref
+                           else None)
         for s in splits:
             for k in keys:
                 item[f"{k}_{s}"] = None
-        ref_scores = scores_of(against) if against is not None else None
-        scores = None if row is ref or ref_scores is None else scores_of(row)
+        if group is ref or against is None:
+            continue
+        if len(group) > 1 and len(against) == 1:
+            group = [_pick(group, against[0].get("seed"))]
+        ref_scores = [scores_of(r) for r in against]
+        scores = [scores_of(r) for r in group]
+        if any(x is None for x in [*ref_scores, *scores]):
+            continue
         for s in splits:
-            if scores is None or s not in scores or s not in ref_scores:
+            if any(s not in x for x in [*ref_scores, *scores]):
                 continue
-            c = compare_split(s, ref_scores[s], scores[s])
+            if len(group) > 1:
+                c = compare_recipes_split(s, [x[s] for x in ref_scores], [x[s] for x in scores])
+                p, test = c["welch_p"], "Welch"
+            else:
+                c = compare_split(s, ref_scores[0][s], scores[0][s])
+                p, test = c["mapsswe_p"], "MAPSSWE"
+            if math.isnan(p):  # no spread within either group: the models are compared as such
+                c = compare_split(s, ref_scores[0][s], scores[0][s])
+                p, test = c["mapsswe_p"], "MAPSSWE"
+            item[f"test_{s}"] = test
             item[f"delta_{s}"] = c["delta"]
             item[f"delta_low_{s}"], item[f"delta_high_{s}"] = c["delta_ci"]
             item[f"prob_worse_{s}"] = c["prob_b_worse"]
-            item[f"p_{s}"] = c["mapsswe_p"]
+            item[f"p_{s}"] = p
             item[f"within3_{s}"] = non_inferior(c["delta_ci"][1], c["wer_a"], RELATIVE_MARGIN)
-            item[f"lossless_raw_{s}"] = not (c["mapsswe_p"] < ALPHA and c["delta"] > 0)
+            item[f"lossless_raw_{s}"] = not (p < ALPHA and c["delta"] > 0)
             tests.append((item, s))
     # One Holm family per method: adding post-training baselines to a table must not change the
     # verdicts of the trained points (nor the other way round).
@@ -213,23 +280,49 @@ def headline(flat: list[dict[str, Any]], key: str = "lossless") -> dict[str, Any
             "ratio": low["size_bytes"] / mid["size_bytes"]}
 
 
+def _recipe_wer(group: list[dict[str, Any]], split: str,
+                ) -> tuple[float | None, float | None, float | None]:
+    """A group's mean WER on ``split`` and the two-level bootstrap 95% CI of that mean (the
+    interval of a difference against a recipe that makes no errors); CI None without every
+    training's per-utterance results."""
+    wers = [r["wer"].get(split) for r in group]
+    if any(w is None for w in wers):
+        return None, None, None
+    mean = sum(wers) / len(wers)
+    scores = [_scores(r) for r in group]
+    if any(x is None or split not in x for x in scores):
+        return mean, None, None
+    runs = [sorted(x[split], key=lambda u: u.id) for x in scores]  # type: ignore[index]
+    groups, _ = block_labels(runs[0])
+    words = [u.ref_words for u in runs[0]]
+    zeros = [[0] * len(words)] * 2
+    boot = two_level_bootstrap(zeros, [[u.word_errors for u in run] for run in runs], words,
+                               groups)
+    return mean, boot.low, boot.high
+
+
 def frontier_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Flat rows of the successful runs with Pareto flags and relative numbers, and the splits.
+    """Flat rows of the successful runs (one per recipe: trainings of one recipe are one item,
+    :func:`group_trainings`) with Pareto flags and relative numbers, and the splits.
 
     ``rel_size_vs_int4``: size over the size of the best (lowest mean WER) 4-bit run.
-    ``rel_wer_<split>``: WER over the float run's WER on that split.
+    ``rel_wer_<split>``: WER over the reference float point's WER on that split.
     """
     ok = [r for r in rows if r.get("status") == "ok"]
     splits = sorted({s for r in ok for s in r["wer"]})
-    int4 = [r for r in ok if r.get("quant_bits") == 4]
-    ref4 = min(int4, key=_mean_wer)["size_bytes"] if int4 else None
-    ref = reference_row(ok)
-    ref_float = ref["wer"] if ref else None
+    groups = group_trainings(ok)
+    int4 = [g for g in groups if g[0].get("quant_bits") == 4]
+    ref4 = min(int4, key=_group_mean_wer)[0]["size_bytes"] if int4 else None
+    ref = reference_group(groups)
+    ref_float = ({s: sum(r["wer"][s] for r in ref) / len(ref) for s in ref[0]["wer"]
+                  if all(s in r["wer"] for r in ref)} if ref else None)
     flat = []
-    for r in ok:
+    for g in groups:
+        r = g[0]
         item = {
             "run_id": r["run_id"], "experiment": r.get("experiment", ""),
             "quantizer": r.get("quantizer", ""), "method": method(r),
+            "trainings": len(g), "seeds": [x.get("seed") for x in g],
             "bits": r.get("quant_bits"),
             "symmetric": r.get("quant_symmetric"), "granularity": r.get("quant_granularity"),
             "group": r.get("quant_group", ""), "clip": r.get("quant_clip", ""),
@@ -238,17 +331,21 @@ def frontier_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             "rel_size_vs_int4": r["size_bytes"] / ref4 if ref4 else None,
         }
         for s in splits:
-            wer = r["wer"].get(s)
+            if len(g) == 1:
+                wer = r["wer"].get(s)
+                ci = (r.get("wer_ci") or {}).get(s)
+                low, high = ci if ci else (None, None)
+            else:
+                wer, low, high = _recipe_wer(g, s)
             item[f"wer_{s}"] = wer
             item[f"rel_wer_{s}"] = (wer / ref_float[s] if ref_float and wer is not None
                                     and ref_float.get(s) else None)
-        for s in splits:
-            ci = (r.get("wer_ci") or {}).get(s)
-            item[f"wer_low_{s}"], item[f"wer_high_{s}"] = (ci if ci else (None, None))
+            item[f"wer_low_{s}"], item[f"wer_high_{s}"] = low, high
         item["commit"], item["command"] = r.get("commit", ""), r.get("command", "")
         item["path"] = r.get("path", "")
+        item["paths"] = [x.get("path", "") for x in g]
         flat.append(item)
-    add_significance(flat, ok, splits)
+    add_significance(flat, groups, splits)
     for s in splits:
         usable = [i for i, item in enumerate(flat) if item[f"wer_{s}"] is not None]
         front = {usable[j] for j in pareto_front(
@@ -289,7 +386,8 @@ def _p(item: dict[str, Any], split: str) -> str:
     p, adjusted = item[f"p_{split}"], item[f"p_holm_{split}"]
     if p is None:
         return "–"
-    return f"{p:.3g} ({adjusted:.3g})"
+    welch = " Welch" if item.get(f"test_{split}") == "Welch" else ""
+    return f"{p:.3g} ({adjusted:.3g}){welch}"
 
 
 def display_name(item: dict[str, Any], flat: list[dict[str, Any]]) -> str:
@@ -298,6 +396,8 @@ def display_name(item: dict[str, Any], flat: list[dict[str, Any]]) -> str:
     name = item["quantizer"]
     if sum(i["quantizer"] == name for i in flat) > 1:
         name = f"{name} ({item['experiment'] or item['run_id']})"
+    if item.get("trainings", 1) > 1:
+        name += f" ×{item['trainings']}"
     return name
 
 
@@ -521,10 +621,11 @@ def write_frontier(sweep_dir: str | Path, out_dir: str | Path | None = None) -> 
     return paths
 
 
-WANDB_COLUMNS = ("quantizer", "experiment", "bits", "symmetric", "granularity", "group", "clip",
-                 "size_mb", "bits_per_weight", "lossless", "within3")
+WANDB_COLUMNS = ("quantizer", "experiment", "trainings", "bits", "symmetric", "granularity",
+                 "group", "clip", "size_mb", "bits_per_weight", "lossless", "within3")
 WANDB_SPLIT_COLUMNS = ("wer", "wer_low", "wer_high", "delta", "delta_low", "delta_high",
-                       "prob_worse", "p", "p_holm", "lossless", "lossless_raw", "within3")
+                       "prob_worse", "p", "test", "p_holm", "lossless", "lossless_raw",
+                       "within3")
 
 
 def log_frontier_to_wandb(paths: dict[str, Path], mode: str = "offline",
