@@ -65,9 +65,10 @@ DATASET ?= embedded_mini
 DATA_ROOT ?=
 TRAINER ?= cpu
 EXPERIMENT ?= $(if $(filter librispeech,$(DATASET)),librispeech,mini)
-reproduce: install ## Data -> float -> QAT grid -> frontier -> RESULTS.md (DATASET=librispeech DATA_ROOT=… TRAINER=ddp)
+SEEDS ?= 1
+reproduce: install ## Data -> float -> QAT grid -> frontier -> RESULTS.md (DATASET=librispeech DATA_ROOT=… TRAINER=ddp SEEDS=3)
 	env $(CPU_NUMERICS) $(VENV)/bin/lowbit-asr reproduce --dataset $(DATASET) --trainer $(TRAINER) \
-	  --float-experiment float_$(EXPERIMENT) --qat-experiment qat_$(EXPERIMENT) \
+	  --float-experiment float_$(EXPERIMENT) --qat-experiment qat_$(EXPERIMENT) --seeds $(SEEDS) \
 	  $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
 clean: ## Remove build and run artefacts (keeps .venv and data/)

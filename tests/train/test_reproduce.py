@@ -95,3 +95,23 @@ def test_reproduce_runs_every_stage_then_skips_them(tiny_corpus, tmp_path):
     # float, both grid points, both PTQ points, the allocated point
     assert again.stdout.count("done before, skipped") == 6, again.stdout
     assert results_md.read_text().count("## `make reproduce` on embedded_tiny") == 1
+
+    # --seeds 2: a second training of each point beside the first (which is kept), the float
+    # fine-tune among them; the frontier makes one point of a point's trainings.
+    seeded = [*command[:command.index("--grid")], "--grid", "none", "int2_asym", "--no-ptq",
+              "--allocate", "--seeds", "2", "--extra", *extra]
+    third = subprocess.run(seeded, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "grid 2/2 int2_asym seed 0 — done before, skipped" in third.stdout
+    first_row = json.loads((out / "grid" / "int2_asym" / "results.json").read_text())
+    second_row = json.loads((out / "grid" / "int2_asym.seed1" / "results.json").read_text())
+    assert (first_row["seed"], second_row["seed"]) == (0, 1) and "seed=1" in second_row["command"]
+    assert first_row["recipe"] == second_row["recipe"]
+    assert not (out / "grid" / "int2_asym.seed1" / "packed.json").exists()
+    every = {r["quantizer"]: r for r in csv.DictReader((out / "frontier.csv").open())
+             if r["method"] != "ptq"}
+    assert every["int2_asym"]["trainings"] == "2" and every["int4_asym"]["trainings"] == "1"
+    assert every["none"]["trainings"] == "2"  # the float fine-tune, now the reference
+    text = results_md.read_text()
+    assert "| **int2_asym (qat_mini) ×2** |" in text and "SEEDS=2" in text
+    assert "`none (qat_mini) ×2`" not in text  # the reference is not tested against itself

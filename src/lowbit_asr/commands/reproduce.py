@@ -11,6 +11,14 @@ interrupted training run resumes from its ``last.ckpt`` (the train command does 
 Each stage runs the public CLI (``lowbit-asr train …``) in a subprocess, so what it does is what a
 user can type, and one failing grid point (or export) is recorded and does not stop the others.
 
+``--seeds N`` trains every grid and allocated point N times (``seed=0 … N-1``: batch order,
+perturbation, anything random in the fine-tune), all from the one float model; training k > 0
+of a point lives in ``<point>.seed<k>`` beside it. The frontier then tests recipes, not models:
+each point's trainings against the reference's by Welch's t-test of their WERs
+(:func:`lowbit_asr.train.significance.compare_recipes_split`), and so do the claims and the
+allocation tables; one training per point (the default) keeps the per-model MAPSSWE tests. The
+float model's own training noise is not in these tests (every training starts from it).
+
     lowbit-asr reproduce                                   # generated mini corpus, CPU
     lowbit-asr reproduce --dataset librispeech --data-root /data/LibriSpeech --trainer ddp \\
         --float-experiment float_librispeech --qat-experiment qat_librispeech
@@ -33,7 +41,7 @@ from lowbit_asr.packed import export_packed
 from lowbit_asr.train.frontier import display_name, log_frontier_to_wandb, write_frontier
 from lowbit_asr.train.results import RESULT_FILE, git_commit
 from lowbit_asr.train.scoring import UtteranceScore, load_evaluation, totals
-from lowbit_asr.train.significance import compare_split
+from lowbit_asr.train.significance import compare_recipes_split, compare_split
 
 REPRODUCE_SWEEP = CONF_DIR / "sweep" / "reproduce_grid.yaml"
 """The grid ``make reproduce`` trains: one list, in the sweep config (a multirun can run it too)."""
@@ -79,6 +87,42 @@ def _done(run_dir: Path) -> dict | None:
         if row.get("status") == "ok":
             return row
     return None
+
+
+SEED_SUFFIX = ".seed"
+"""Training k > 0 of a point lives in ``<point><SEED_SUFFIX><k>`` beside the point's folder."""
+
+
+def seed_dir(point: Path, seed: int) -> Path:
+    """Where training ``seed`` of a point goes: the point's own folder for seed 0 (so a run
+    with one seed is laid out as before), ``<folder>.seed<k>`` beside it for the others."""
+    return point if seed == 0 else point.with_name(f"{point.name}{SEED_SUFFIX}{seed}")
+
+
+def trainings(point: Path) -> list[Path]:
+    """The finished trainings of a point: its folder and its ``.seed<k>`` siblings, by seed."""
+    found = [(0, point)] if _done(point) else []
+    for path in point.parent.glob(f"{point.name}{SEED_SUFFIX}*"):
+        tail = path.name[len(point.name) + len(SEED_SUFFIX):]
+        if tail.isdigit() and _done(path):
+            found.append((int(tail), path))
+    return [path for _, path in sorted(found)]
+
+
+def compare_points(split: str, a: list[Path], b: list[Path]) -> dict | None:
+    """B's trainings against A's on ``split``: the recipe test (Welch) when both have two or
+    more, else the per-model test of their first trainings (MAPSSWE); ``p`` and ``test`` name
+    the one used. None when a side lacks the split."""
+    sa = [load_evaluation(d)[1] for d in a]
+    sb = [load_evaluation(d)[1] for d in b]
+    if any(split not in x for x in [*sa, *sb]):
+        return None
+    if len(a) > 1 and len(b) > 1:
+        c = compare_recipes_split(split, [x[split] for x in sa], [x[split] for x in sb])
+        if c["welch_p"] == c["welch_p"]:  # not NaN: the trainings do spread
+            return {**c, "p": c["welch_p"], "test": "Welch"}
+    c = compare_split(split, sa[0][split], sb[0][split])
+    return {**c, "p": c["mapsswe_p"], "test": "MAPSSWE"}
 
 
 def _train(args: list[str], run_dir: Path, log_path: Path) -> int:
@@ -207,30 +251,35 @@ def _point_dir(points: list[dict], quantizer: str) -> dict | None:
     return grid[0] if grid else None
 
 
+def _point_runs(item: dict) -> list[Path]:
+    """The run folders of a frontier item (its trainings)."""
+    return [Path(p) for p in item.get("paths") or [item["path"]]]
+
+
 def claims_text(out: Path) -> str:
     """The answers to :data:`CLAIMS` and the int4/int2 "lossless" questions, from the tests."""
     data = json.loads((out / "frontier.json").read_text())
     points, splits = data["points"], data["splits"]
     lines = ["| question | A → B | size B / A | " + " | ".join(
-        f"{s}: WER A → B %, ΔWER [95% CI], MAPSSWE p, verdict" for s in splits) + " |",
+        f"{s}: WER A → B %, ΔWER [95% CI], p, verdict" for s in splits) + " |",
         "|---|---|---:|" + "---|" * len(splits)]
+    seeded = False
     for question, qa, qb in CLAIMS:
         a, b = _point_dir(points, qa), _point_dir(points, qb)
         if not a or not b:
             lines.append(f"| {question} | `{qa}` → `{qb}` | – |" + " not run |" * len(splits))
             continue
-        _, sa = load_evaluation(a["path"])
-        _, sb = load_evaluation(b["path"])
         cells = []
         for split in splits:
-            if split not in sa or split not in sb:
+            c = compare_points(split, _point_runs(a), _point_runs(b))
+            if c is None:
                 cells.append("–")
                 continue
-            c = compare_split(split, sa[split], sb[split])
+            seeded = seeded or c["test"] == "Welch"
             lo, hi = c["delta_ci"]
             cells.append(f"{100 * c['wer_a']:.2f} → {100 * c['wer_b']:.2f},"
                          f" {100 * c['delta']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}],"
-                         f" p = {c['mapsswe_p']:.3g}, {c['verdict']}")
+                         f" {c['test']} p = {c['p']:.3g}, {c['verdict']}")
         lines.append(f"| {question} | `{qa}` → `{qb}` | {b['size_bytes'] / a['size_bytes']:.2f} |"
                      f" " + " | ".join(cells) + " |")
     verdicts = []
@@ -240,8 +289,10 @@ def claims_text(out: Path) -> str:
         verdicts.append(f"`{display_name(item, points)}` "
                         + ("lossless" if item["lossless"] else "**not lossless**")
                         + ("" if not item["within3"] else " (within +3%)"))
+    how = ("Welch's t-test of the points' trainings (seeds) where both were trained several"
+           " times, else MAPSSWE between the two models" if seeded else "MAPSSWE")
     return "\n".join([
-        "Paired tests of the paper's claims (B against A; verdict by MAPSSWE at α = 0.05,"
+        f"Paired tests of the paper's claims (B against A; verdict by {how} at α = 0.05,"
         " uncorrected — one test per question):", "", *lines, "",
         "Lossless against the reference float point (Holm-corrected over the grid, every"
         " split): " + ("; ".join(verdicts) or "no point has per-utterance results") + ".",
@@ -254,8 +305,10 @@ def _verdict(c: dict) -> str:
 
 def _cell(c: dict) -> str:
     lo, hi = c["delta_ci"]
+    test = f"{c['test']} " if c.get("test") == "Welch" else ""
+    p = c.get("p", c.get("mapsswe_p"))
     return (f"{100 * c['wer_a']:.2f} → {100 * c['wer_b']:.2f}, {100 * c['delta']:+.2f}"
-            f" [{100 * lo:+.2f}, {100 * hi:+.2f}], p = {c['mapsswe_p']:.3g}, {_verdict(c)}")
+            f" [{100 * lo:+.2f}, {100 * hi:+.2f}], {test}p = {p:.3g}, {_verdict(c)}")
 
 
 def ptq_table(out: Path) -> str:
@@ -272,7 +325,7 @@ def ptq_table(out: Path) -> str:
             lines.append(f"| `{q}` | – |" + " not run |" * len(splits))
             continue
         _, sp = load_evaluation(path.parent)
-        _, sq = load_evaluation(qat)
+        _, sq = load_evaluation(qat)  # its first training (seed 0): PTQ has no seed to vary
         cells = [_cell(compare_split(s, sp[s], sq[s])) if s in sp and s in sq else "–"
                  for s in splits]
         lines.append(f"| `{q}` | {_done(qat)['size_mb']:.3f} | " + " | ".join(cells) + " |")
@@ -294,7 +347,6 @@ def allocation_table(out: Path) -> str:
         item = by_path.get(path.parent.resolve())
         if item is None:
             continue
-        _, sa = load_evaluation(path.parent)
         verdict = {True: "yes", False: "**no**", None: "–"}[item.get("lossless")]
         head = (f"| `{item['quantizer']}` | {item['size_mb']:.3f} |"
                 f" {item['bits_per_weight']:.2f} | {verdict} |")
@@ -303,8 +355,8 @@ def allocation_table(out: Path) -> str:
         if not rivals:
             lines.append(head + " none of equal or larger size |" + " – |" * len(splits) + " – |")
         for g in rivals:
-            _, sg = load_evaluation(g["path"])
-            tests = [compare_split(s, sg[s], sa[s]) for s in splits if s in sg and s in sa]
+            tests = [c for s in splits
+                     if (c := compare_points(s, _point_runs(g), _point_runs(item))) is not None]
             cells = [_cell(c) for c in tests]
             dominates = ("yes" if tests and any(c["verdict"] == "B better" for c in tests)
                          and not any(c["verdict"] == "B worse" for c in tests) else
@@ -337,7 +389,8 @@ def write_results_section(results_md: Path, dataset: str, out: Path, command: st
         claims_text(out),
         "",
         "QAT against post-training quantization of the same float checkpoint (`lowbit-asr ptq`:"
-        " round-to-nearest, clip search where the config has it; paired tests, PTQ = A):",
+        " round-to-nearest, clip search where the config has it; paired tests, PTQ = A; a QAT"
+        " point trained several times is represented by its first training, seed 0):",
         "",
         ptq_table(out),
         "",
@@ -389,9 +442,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="grid configs whose sizes are budgets of allocated points")
     parser.add_argument("--allocate-extra", nargs="*", default=list(ALLOCATE_EXTRA),
                         help="overrides for allocate (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="trainings per grid and allocated point (seed=0..N-1), tested as"
+                        " recipes (default: %(default)s)")
     parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
                         help="W&B mode of the frontier run (offline: files under --out/wandb)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, not {args.seeds}")
     out = args.out or Path("runs") / "reproduce" / args.dataset
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "reproduce.log"
@@ -422,23 +480,32 @@ def main(argv: list[str] | None = None) -> int:
     say(f"float baseline: WER {float_row['wer']}, {float_row['size_mb']:.3f} MB")
     best = float_row.get("best_checkpoint") or str(float_dir / "checkpoints" / "last.ckpt")
 
+    def seeds(k: int) -> list[str]:  # seed 0 is the config's: the one-seed command as before
+        return [f"seed={k}"] if k else []
+
     args.grid = args.grid or sweep_quantizers()
     for i, quantizer in enumerate(args.grid, 1):
         point = out / "grid" / quantizer
-        row = _done(point)
-        if row:
-            say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer} — done before, skipped")
-        else:
-            code = _train([f"experiment={args.qat_experiment}", f"quantizer={quantizer}",
-                           f"init.checkpoint={best}", *common], point, log_path)
-            row = _done(point)
-            if not row:
-                say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer} FAILED (exit {code});"
-                    f" see {point / RESULT_FILE} and {log_path}")
+        for k in range(args.seeds):
+            run = seed_dir(point, k)
+            what = (f"stage 3/4: grid {i}/{len(args.grid)} {quantizer}"
+                    + (f" seed {k}" if args.seeds > 1 else ""))
+            row = _done(run)
+            if row:
+                say(f"{what} — done before, skipped")
                 continue
-            say(f"stage 3/4: grid {i}/{len(args.grid)} {quantizer}: {row['size_mb']:.3f} MB,"
+            code = _train([f"experiment={args.qat_experiment}", f"quantizer={quantizer}",
+                           f"init.checkpoint={best}", *seeds(k), *common], run, log_path)
+            row = _done(run)
+            if not row:
+                say(f"{what} FAILED (exit {code}); see {run / RESULT_FILE} and {log_path}")
+                continue
+            say(f"{what}: {row['size_mb']:.3f} MB,"
                 f" WER {', '.join(f'{s} {100 * w:.1f}%' for s, w in row['wer'].items())}")
-        try:
+        row = _done(point)
+        if not row:
+            continue
+        try:  # the packed file of the first training (the seeds quantize alike)
             packed = _pack(point, row, quantizer in args.packed_eval, common, log_path)
         except Exception as err:  # a failed export is reported, it does not sink the sweep
             say(f"stage 3/4: {quantizer}: packed export FAILED ({err}); see {log_path}")
@@ -478,21 +545,26 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         allocation = json.loads((policy_dir / "allocation.json").read_text())
         sensitivities = sensitivities or policy_dir / "allocation.json"
-        row = _done(point)
-        if row:
-            say(f"{what} — done before, skipped")
-        else:
-            say(f"{what}: {allocation['predicted_bytes']:,} bytes within"
+        for k in range(args.seeds):
+            run = seed_dir(point, k)
+            this = what + (f" seed {k}" if args.seeds > 1 else "")
+            if _done(run):
+                say(f"{this} — done before, skipped")
+                continue
+            say(f"{this}: {allocation['predicted_bytes']:,} bytes within"
                 f" {allocation['budget_bits'] // 8:,}; training")
             code = _train([f"experiment={args.qat_experiment}", f"quantizer={name}",
                            f"hydra.searchpath=[file://{policy_dir}]", f"init.checkpoint={best}",
-                           *common], point, log_path)
-            row = _done(point)
+                           *seeds(k), *common], run, log_path)
+            row = _done(run)
             if not row:
-                say(f"{what} FAILED (exit {code}); see {point / RESULT_FILE} and {log_path}")
+                say(f"{this} FAILED (exit {code}); see {run / RESULT_FILE} and {log_path}")
                 continue
-            say(f"{what}: {row['size_mb']:.3f} MB,"
+            say(f"{this}: {row['size_mb']:.3f} MB,"
                 f" WER {', '.join(f'{s} {100 * w:.1f}%' for s, w in row['wer'].items())}")
+        row = _done(point)
+        if not row:
+            continue
         try:  # its packed file: a per-tensor policy exports like any other
             packed = _pack(point, row, False, common, log_path)
             say(f"{what}: packed {packed['file_bytes']:,} bytes = accounted x"
@@ -510,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"frontier not logged to W&B: {err}")
     command = "make reproduce" + (f" DATASET={args.dataset}" if args.dataset != "embedded_mini"
                                   else "")
+    if args.seeds > 1:
+        command += f" SEEDS={args.seeds}"
     write_results_section(args.results_md, args.dataset, out, command)
     say(f"done: {paths['md']}, {paths['png']}; section written to {args.results_md}")
     return 0
