@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -99,16 +100,6 @@ def seed_dir(point: Path, seed: int) -> Path:
     return point if seed == 0 else point.with_name(f"{point.name}{SEED_SUFFIX}{seed}")
 
 
-def trainings(point: Path) -> list[Path]:
-    """The finished trainings of a point: its folder and its ``.seed<k>`` siblings, by seed."""
-    found = [(0, point)] if _done(point) else []
-    for path in point.parent.glob(f"{point.name}{SEED_SUFFIX}*"):
-        tail = path.name[len(point.name) + len(SEED_SUFFIX):]
-        if tail.isdigit() and _done(path):
-            found.append((int(tail), path))
-    return [path for _, path in sorted(found)]
-
-
 def compare_points(split: str, a: list[Path], b: list[Path]) -> dict | None:
     """B's trainings against A's on ``split``: the recipe test (Welch) when both have two or
     more, else the per-model test of their first trainings (MAPSSWE); ``p`` and ``test`` name
@@ -119,7 +110,7 @@ def compare_points(split: str, a: list[Path], b: list[Path]) -> dict | None:
         return None
     if len(a) > 1 and len(b) > 1:
         c = compare_recipes_split(split, [x[split] for x in sa], [x[split] for x in sb])
-        if c["welch_p"] == c["welch_p"]:  # not NaN: the trainings do spread
+        if not math.isnan(c["welch_p"]):  # NaN: no spread between the trainings of a side
             return {**c, "p": c["welch_p"], "test": "Welch"}
     c = compare_split(split, sa[0][split], sb[0][split])
     return {**c, "p": c["mapsswe_p"], "test": "MAPSSWE"}
