@@ -153,12 +153,6 @@ def reference_group(groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]] 
     return min(floats, key=_group_mean_wer) if floats else None
 
 
-def reference_row(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """:func:`reference_group` of rows each trained once: the reference row."""
-    group = reference_group([[r] for r in ok])
-    return group[0] if group else None
-
-
 def source_group(group: list[dict[str, Any]], groups: list[list[dict[str, Any]]],
                  ) -> list[dict[str, Any]] | None:
     """The trained float group holding the checkpoint a post-training row quantized (its
