@@ -241,7 +241,7 @@ def test_seed_spread_is_not_a_recipe_effect():
     assert single["verdict"] == "B worse"  # 20% vs 24%: two models, and they do differ
     out = compare_recipes_split("test-clean", runs[:3], runs[3:])
     assert out["verdict"] == "no significant difference"
-    assert out["welch_p"] > 0.05 and out["trainings_a"] == out["trainings_b"] == 3
+    assert out["p"] > 0.05 and out["trainings_a"] == out["trainings_b"] == 3
     assert out["delta_ci"][0] < 0 < out["delta_ci"][1]
     means = [np.mean([sum(s.word_errors for s in r) for r in side]) / out["words"]
              for side in (runs[:3], runs[3:])]
@@ -254,7 +254,7 @@ def test_recipe_effect_beyond_the_seed_spread_is_found():
     ids, refs = make_refs(300, speakers=60)
     out = compare_recipes_split("test-clean", trainings(ids, refs, [0.20, 0.22, 0.21], 2),
                                 trainings(ids, refs, [0.30, 0.31, 0.29], 3))
-    assert out["verdict"] == "B worse" and out["welch_p"] < 0.01
+    assert out["verdict"] == "B worse" and out["p"] < 0.01 and out["welch_p"] < 0.01
     low, high = out["delta_ci"]
     assert 0.0 < low < 0.09 < high  # the true difference of the rates, ~9 points
     assert out["prob_b_worse"] == 1.0
@@ -285,8 +285,13 @@ def test_recipe_comparison_degenerate_and_mismatched_inputs():
     ids, refs = make_refs()
     run = score(ids, refs, near_perfect(refs))
     other = score(ids, refs, substituted(refs, 0.1, 7))
+    # Trainings that agree exactly: Welch's t is undefined; the bootstrap is then the paired
+    # speaker bootstrap of the two models.
     same = compare_recipes_split("dev", [run, run], [other, other])
-    assert same["verdict"].startswith("undetermined") and math.isnan(same["welch_p"])
+    single = compare_split("dev", run, other)
+    assert math.isnan(same["welch_p"]) and same["verdict"] == single["verdict"] == "B worse"
+    assert same["delta_ci"] == pytest.approx(single["delta_ci"], abs=0.004)
+    assert compare_recipes_split("dev", [run, run], [run, run])["p"] == 1.0
     with pytest.raises(ValueError, match="at least two trainings"):
         compare_recipes_split("dev", [run], [other, other])
     changed = list(refs)
@@ -316,12 +321,12 @@ def test_compare_cli_recipes(tmp_path, monkeypatch, capsys):
     assert "| split | utterances | trainings A / B | WER A % (mean ± SD) |" in out
     row = next(line for line in out.splitlines() if line.startswith("| test-clean |"))
     assert "| 300 | 3 / 3 |" in row and row.endswith("| B worse |")
-    assert "Holm-adjusted Welch p over the splits" in out
+    assert "Holm-adjusted two-level bootstrap p over the splits" in out
     assert "skipped: dev-clean (not in A1, A2, A3, B1, B2)" in out
     saved = json.loads(out_json.read_text())
     assert saved["mode"] == "recipes" and len(saved["a"]) == 3
     assert saved["splits"]["test-clean"]["verdict"] == "B worse"
-    assert "welch_p_holm" in saved["splits"]["test-other"]
+    assert "p_holm" in saved["splits"]["test-other"]
 
     # One training per side is the two-model comparison, as with positional arguments.
     assert compare_command.main(["--a", paths["a1"], "--b", paths["b1"]]) == 0

@@ -13,10 +13,10 @@ the split). Splits only one of them has are listed as skipped.
 
 Two models are not two recipes: trainings of one recipe that differ only in seed or round-off
 land ~2 WER points apart on the mini corpus, and MAPSSWE calls that significant (it tests the
-two models as they are). With two or more evaluations per side the verdict is instead Welch's
-t-test of the trainings' WERs (the samples are the trainings; the test set is fixed and
-shared), and the interval a two-level bootstrap (trainings within each recipe, and speakers)
-of the difference of the recipes' mean WERs (``significance.compare_recipes_split``).
+two models as they are). With two or more evaluations per side the verdict and interval come
+instead from a two-level bootstrap of the difference of the recipes' mean WERs (trainings
+within each recipe and speakers across all, resampled together), with Welch's t-test of the
+trainings' WERs beside it (``significance.compare_recipes_split``).
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def recipes_table(results: list[dict[str, Any]], confidence: float) -> str:
     """One row per compared split of a recipe comparison."""
     level = f"{100.0 * confidence:g}%"
     header = ["split", "utterances", "trainings A / B", "WER A % (mean ± SD)",
-              "WER B % (mean ± SD)", f"ΔWER (points) [{level} CI]", "P(B worse)", "Welch p",
-              "verdict"]
+              "WER B % (mean ± SD)", f"ΔWER (points) [{level} CI]", "P(B worse)", "p",
+              "Welch p (seeds only)", "verdict"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in results:
         low, high = r["delta_ci"]
@@ -72,7 +72,7 @@ def recipes_table(results: list[dict[str, Any]], confidence: float) -> str:
         cells = [r["split"], str(r["utterances"]), f"{r['trainings_a']} / {r['trainings_b']}",
                  f"{_points(r['wer_a'])} ± {_points(r['sd_a'])}",
                  f"{_points(r['wer_b'])} ± {_points(r['sd_b'])}", delta,
-                 f"{r['prob_b_worse']:.3f}", _p(r["welch_p"]), r["verdict"]]
+                 f"{r['prob_b_worse']:.3f}", _p(r["p"]), _p(r["welch_p"]), r["verdict"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -94,8 +94,8 @@ def compare_recipes(paths_a: list[str | Path], paths_b: list[str | Path], alpha:
         s, [loaded[f"A{i + 1}"][s] for i in range(len(paths_a))],
         [loaded[f"B{i + 1}"][s] for i in range(len(paths_b))], alpha=alpha) for s in common]
     if len(results) > 1:
-        for r, p in zip(results, holm([r["welch_p"] for r in results]), strict=True):
-            r["welch_p_holm"] = p
+        for r, p in zip(results, holm([r["p"] for r in results]), strict=True):
+            r["p_holm"] = p
     return {"mode": "recipes", "a": [str(evaluation_file(p)) for p in paths_a],
             "b": [str(evaluation_file(p)) for p in paths_b], "alpha": alpha,
             "splits": {r["split"]: r for r in results}, "skipped": skipped}
@@ -167,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         print(recipes_table(results, 1.0 - args.alpha) if recipes
               else markdown_table(results, 1.0 - args.alpha))
     if recipes and results:
-        print("\nVerdict: Welch's t-test of the trainings' WERs at alpha = "
-              f"{args.alpha:g}; interval: two-level bootstrap (trainings and speakers).")
+        print(f"\nVerdict and interval: two-level bootstrap (trainings within each recipe and"
+              f" speakers, resampled together) at alpha = {args.alpha:g}; Welch's t-test of the"
+              " trainings' WERs beside it (seed spread only, few degrees of freedom).")
         print("Per training, WER %: " + "; ".join(
             f"{r['split']}: A " + ", ".join(_points(w) for w in r["wer_a_runs"]) + " | B "
             + ", ".join(_points(w) for w in r["wer_b_runs"]) for r in results))
-    key = "welch_p_holm" if recipes else "mapsswe_p_holm"
+    key = "p_holm" if recipes else "mapsswe_p_holm"
     if len(results) > 1:
-        test = "Welch" if recipes else "MAPSSWE"
+        test = "two-level bootstrap" if recipes else "MAPSSWE"
         print(f"\nHolm-adjusted {test} p over the splits: " + ", ".join(
             f"{r['split']} {_p(r[key])}" for r in results))
     for split, why in out["skipped"].items():

@@ -14,8 +14,8 @@ user can type, and one failing grid point (or export) is recorded and does not s
 ``--seeds N`` trains every grid and allocated point N times (``seed=0 … N-1``: batch order,
 perturbation, anything random in the fine-tune), all from the one float model; training k > 0
 of a point lives in ``<point>.seed<k>`` beside it. The frontier then tests recipes, not models:
-each point's trainings against the reference's by Welch's t-test of their WERs
-(:func:`lowbit_asr.train.significance.compare_recipes_split`), and so do the claims and the
+each point's trainings against the reference's by a two-level bootstrap (trainings and
+speakers; :func:`lowbit_asr.train.significance.compare_recipes_split`), and so do the claims and the
 allocation tables; one training per point (the default) keeps the per-model MAPSSWE tests. The
 float model's own training noise is not in these tests (every training starts from it).
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -101,7 +100,7 @@ def seed_dir(point: Path, seed: int) -> Path:
 
 
 def compare_points(split: str, a: list[Path], b: list[Path]) -> dict | None:
-    """B's trainings against A's on ``split``: the recipe test (Welch) when both have two or
+    """B's trainings against A's on ``split``: the recipe test (``seeds``) when both have two or
     more, else the per-model test of their first trainings (MAPSSWE); ``p`` and ``test`` name
     the one used. None when a side lacks the split."""
     sa = [load_evaluation(d)[1] for d in a]
@@ -110,8 +109,7 @@ def compare_points(split: str, a: list[Path], b: list[Path]) -> dict | None:
         return None
     if len(a) > 1 and len(b) > 1:
         c = compare_recipes_split(split, [x[split] for x in sa], [x[split] for x in sb])
-        if not math.isnan(c["welch_p"]):  # NaN: no spread between the trainings of a side
-            return {**c, "p": c["welch_p"], "test": "Welch"}
+        return {**c, "test": "seeds"}
     c = compare_split(split, sa[0][split], sb[0][split])
     return {**c, "p": c["mapsswe_p"], "test": "MAPSSWE"}
 
@@ -266,7 +264,7 @@ def claims_text(out: Path) -> str:
             if c is None:
                 cells.append("–")
                 continue
-            seeded = seeded or c["test"] == "Welch"
+            seeded = seeded or c["test"] == "seeds"
             lo, hi = c["delta_ci"]
             cells.append(f"{100 * c['wer_a']:.2f} → {100 * c['wer_b']:.2f},"
                          f" {100 * c['delta']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}],"
@@ -280,8 +278,9 @@ def claims_text(out: Path) -> str:
         verdicts.append(f"`{display_name(item, points)}` "
                         + ("lossless" if item["lossless"] else "**not lossless**")
                         + ("" if not item["within3"] else " (within +3%)"))
-    how = ("Welch's t-test of the points' trainings (seeds) where both were trained several"
-           " times, else MAPSSWE between the two models" if seeded else "MAPSSWE")
+    how = ("the two-level bootstrap of the points' trainings (`seeds`: trainings and speakers)"
+           " where both were trained several times, else MAPSSWE between the two models"
+           if seeded else "MAPSSWE")
     return "\n".join([
         f"Paired tests of the paper's claims (B against A; verdict by {how} at α = 0.05,"
         " uncorrected — one test per question):", "", *lines, "",
@@ -296,7 +295,7 @@ def _verdict(c: dict) -> str:
 
 def _cell(c: dict) -> str:
     lo, hi = c["delta_ci"]
-    test = f"{c['test']} " if c.get("test") == "Welch" else ""
+    test = f"{c['test']} " if c.get("test") == "seeds" else ""
     p = c.get("p", c.get("mapsswe_p"))
     return (f"{100 * c['wer_a']:.2f} → {100 * c['wer_b']:.2f}, {100 * c['delta']:+.2f}"
             f" [{100 * lo:+.2f}, {100 * hi:+.2f}], {test}p = {p:.3g}, {_verdict(c)}")

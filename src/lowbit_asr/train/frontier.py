@@ -16,9 +16,10 @@ start from).
 
 A point trained several times (rows with one ``recipe`` fingerprint and another ``seed``, e.g.
 ``lowbit-asr reproduce --seeds 3``) is one item: its WER is the trainings' mean with a two-level
-bootstrap CI, and it is tested against the reference's trainings by Welch's t-test of the
-trainings' WERs (:func:`lowbit_asr.train.significance.compare_recipes_split`) when both have two
-or more; a point trained once keeps the per-model MAPSSWE test.
+bootstrap CI, and it is tested against the reference's trainings by that bootstrap (trainings
+within each recipe and speakers resampled together;
+:func:`lowbit_asr.train.significance.compare_recipes_split`) when both have two or more; a
+point trained once keeps the per-model MAPSSWE test.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ VERDICT_NOTE = (
     " blocks); a post-training (ptq) point's reference is the float checkpoint it quantized."
     " p: NIST MAPSSWE (matched-pairs sentence-segment word error test, two-sided)."
     " A point trained several times (×n: n seeds of one recipe) shows the trainings' mean WER"
-    " with a two-level bootstrap CI (trainings and speakers), and its p is Welch's t-test of its"
-    " trainings' WERs against the reference's trainings (when both have two or more)."
+    " with a two-level bootstrap CI (trainings and speakers), and its ΔWER, CI and p (marked"
+    " `seeds`) come from the same bootstrap of its trainings against the reference's (when both"
+    " have two or more)."
     " **Lossless** = not significantly worse than the reference at α = 0.05 after Holm–Bonferroni"
     " correction over every (point, split) test of its method in this table (trained points one"
     " family, post-training ones another) — this is the verdict that decides;"
@@ -179,7 +181,8 @@ def _pick(group: list[dict[str, Any]], seed: Any) -> dict[str, Any]:
 def add_significance(flat: list[dict[str, Any]], groups: list[list[dict[str, Any]]],
                      splits: list[str]) -> None:
     """Per item and split: ΔWER against the reference with its CI, P(worse), the p-value
-    (``test_<split>``: MAPSSWE between two models, Welch between two groups of trainings),
+    (``test_<split>``: ``MAPSSWE`` between two models, ``seeds`` — the two-level bootstrap —
+    between two groups of trainings),
     Holm-adjusted p, and the ``lossless`` / ``lossless_raw`` / ``within3`` verdicts (None where
     either side has no per-utterance results); per item ``lossless`` on every split, and
     ``reference`` for the reference itself.
@@ -223,11 +226,8 @@ def add_significance(flat: list[dict[str, Any]], groups: list[list[dict[str, Any
                 continue
             if len(group) > 1:
                 c = compare_recipes_split(s, [x[s] for x in ref_scores], [x[s] for x in scores])
-                p, test = c["welch_p"], "Welch"
+                p, test = c["p"], "seeds"
             else:
-                c = compare_split(s, ref_scores[0][s], scores[0][s])
-                p, test = c["mapsswe_p"], "MAPSSWE"
-            if math.isnan(p):  # no spread within either group: the models are compared as such
                 c = compare_split(s, ref_scores[0][s], scores[0][s])
                 p, test = c["mapsswe_p"], "MAPSSWE"
             item[f"test_{s}"] = test
@@ -380,8 +380,8 @@ def _p(item: dict[str, Any], split: str) -> str:
     p, adjusted = item[f"p_{split}"], item[f"p_holm_{split}"]
     if p is None:
         return "–"
-    welch = " Welch" if item.get(f"test_{split}") == "Welch" else ""
-    return f"{p:.3g} ({adjusted:.3g}){welch}"
+    seeds = " seeds" if item.get(f"test_{split}") == "seeds" else ""
+    return f"{p:.3g} ({adjusted:.3g}){seeds}"
 
 
 def display_name(item: dict[str, Any], flat: list[dict[str, Any]]) -> str:

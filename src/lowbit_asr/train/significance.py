@@ -405,6 +405,18 @@ class TwoLevelBootstrap:
     low: float  #: lower bound of the percentile interval
     high: float  #: upper bound
     prob_b_worse: float  #: share of replicates with ΔWER > 0
+    p_value: float  #: two-sided: twice the smaller tail beyond 0, (count + 1) / (replicates + 1)
+
+
+def _spread(sums: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """Mean over the picked trainings (columns of ``sums``) of each replicate, their deviations
+    from the recipe's mean widened by sqrt(n / (n − 1)): a bootstrap of n values otherwise has
+    (n − 1)/n of their variance, a third too little with three trainings."""
+    n = sums.shape[1]
+    centre = sums.mean(axis=1, keepdims=True)
+    picked = np.take_along_axis(sums, picks, axis=1)
+    widen = math.sqrt(n / (n - 1)) if n > 1 else 1.0
+    return (centre + widen * (picked - centre)).mean(axis=1)
 
 
 def two_level_bootstrap(errors_a: Sequence[Sequence[float]], errors_b: Sequence[Sequence[float]],
@@ -416,13 +428,12 @@ def two_level_bootstrap(errors_a: Sequence[Sequence[float]], errors_b: Sequence[
     set of blocks (``groups``: speakers, else utterances) shared by all of them, and recomputes
     the difference of the two recipes' mean WERs. So the interval holds both what changes from
     one training to the next and which speakers the test set happened to have; the utterances
-    stay paired across every training.
+    stay paired across every training. The drawn trainings' deviations from their recipe's mean
+    are widened by sqrt(n / (n − 1)) (:func:`_spread`), so that few trainings do not understate
+    their spread.
 
     Written here: ``scipy.stats.bootstrap`` resamples one level (observations of a sample, or
-    pairs across samples), not trainings and speakers at once. With few trainings per recipe
-    the first level under-states their spread (a bootstrap of n values has variance
-    (n − 1)/n of theirs): the Welch test of :func:`compare_recipes_split` decides, this interval
-    describes.
+    pairs across samples), not trainings and speakers at once.
     """
     blocks_a = _block_sums(list(errors_a), groups)
     blocks_b = _block_sums(list(errors_b), groups)
@@ -430,7 +441,7 @@ def two_level_bootstrap(errors_a: Sequence[Sequence[float]], errors_b: Sequence[
     err_a, err_b = np.stack(blocks_a), np.stack(blocks_b)  # (trainings, blocks)
     total = float(n_words.sum())
     if total <= 0:
-        return TwoLevelBootstrap(math.nan, math.nan, math.nan, math.nan)
+        return TwoLevelBootstrap(math.nan, math.nan, math.nan, math.nan, math.nan)
     delta = float(err_b.sum(axis=1).mean() - err_a.sum(axis=1).mean()) / total
     rng = np.random.default_rng(seed)
     n_blocks = len(n_words)
@@ -441,34 +452,37 @@ def two_level_bootstrap(errors_a: Sequence[Sequence[float]], errors_b: Sequence[
         counts = rng.multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), size=r)
         sums_a = counts @ err_a.T  # (r, trainings of A): each training's errors on the draw
         sums_b = counts @ err_b.T
-        pick_a = rng.integers(0, len(err_a), size=(r, len(err_a)))
-        pick_b = rng.integers(0, len(err_b), size=(r, len(err_b)))
-        mean_a = np.take_along_axis(sums_a, pick_a, axis=1).mean(axis=1)
-        mean_b = np.take_along_axis(sums_b, pick_b, axis=1).mean(axis=1)
+        mean_a = _spread(sums_a, rng.integers(0, len(err_a), size=(r, len(err_a))))
+        mean_b = _spread(sums_b, rng.integers(0, len(err_b), size=(r, len(err_b))))
         with np.errstate(divide="ignore", invalid="ignore"):
             replicates.append((mean_b - mean_a) / (counts @ n_words))
     dist = np.concatenate(replicates)
     dist = dist[np.isfinite(dist)]
     alpha = 1.0 - confidence
     low, high = (float(q) for q in np.quantile(dist, [alpha / 2, 1.0 - alpha / 2]))
-    return TwoLevelBootstrap(delta, low, high, float(np.mean(dist > 0)))
+    tail = min(int(np.sum(dist <= 0)), int(np.sum(dist >= 0)))  # every replicate 0: p = 1
+    p_value = min(1.0, 2.0 * (tail + 1) / (len(dist) + 1))
+    return TwoLevelBootstrap(delta, low, high, float(np.mean(dist > 0)), p_value)
 
 
 def compare_recipes_split(split: str, runs_a: Sequence[Sequence[UtteranceScore]],
                           runs_b: Sequence[Sequence[UtteranceScore]], alpha: float = 0.05,
                           ) -> dict[str, Any]:
     """Two *recipes* compared on one split, each by several trainings (e.g. ``seed=0,1,2``)
-    evaluated on the same utterances: is B's WER different beyond the spread between trainings?
+    evaluated on the same utterances: is B's WER different beyond the spread between trainings
+    and the speakers the test set happens to hold?
 
     One training per arm cannot say: two trainings of one recipe that differ only in seed or
     round-off differ "significantly" by MAPSSWE as often as not at the mini corpus's budget
     (RESULTS.md, issue 13), because the per-model tests treat each model as fixed. Here the
-    verdict is Welch's unequal-variance t-test of the trainings' WERs
-    (``scipy.stats.ttest_ind(equal_var=False)``: the test set is fixed and shared, the samples
-    are the trainings) at level ``alpha``; the interval is :func:`two_level_bootstrap`'s at
-    ``1 − alpha`` (trainings and speakers resampled), the one to quote for other speakers.
-    Needs at least two trainings per recipe. Raises ``ValueError`` naming the split and the
-    training when their utterances or references differ.
+    verdict is the :func:`two_level_bootstrap`'s (trainings within each recipe and speakers
+    across all, resampled together): B differs at level ``alpha`` when its two-sided p-value is
+    below it (the ``1 − alpha`` interval then excludes 0). Welch's t-test of the trainings' WERs
+    (``scipy.stats.ttest_ind(equal_var=False)``: the test set fixed, the trainings the samples)
+    is reported beside it; with three trainings a side it has two to four degrees of freedom and
+    misses differences of several points, which is why it does not decide. Needs at least two
+    trainings per recipe. Raises ``ValueError`` naming the split and the training when their
+    utterances or references differ.
     """
     if len(runs_a) < 2 or len(runs_b) < 2:
         raise ValueError(f"split {split}: a recipe comparison needs at least two trainings per"
@@ -493,18 +507,14 @@ def compare_recipes_split(split: str, runs_a: Sequence[Sequence[UtteranceScore]]
     wer_b = np.array([sum(e) / total for e in errors_b])
     boot = two_level_bootstrap(errors_a, errors_b, words, groups, confidence=1.0 - alpha)
     if np.ptp(wer_a) == 0 and np.ptp(wer_b) == 0:
-        # No spread within either recipe (e.g. the same seed and kernels twice): Welch's t is
-        # undefined, and nothing here measures training noise.
-        t, df, p = math.nan, math.nan, math.nan
-        verdict = "undetermined: every training of a recipe has the same WER"
+        t, df, welch = math.nan, math.nan, math.nan  # no spread: Welch's t is undefined
     else:
         res = stats.ttest_ind(wer_b, wer_a, equal_var=False)
-        t, p = float(res.statistic), float(res.pvalue)
-        df = float(res.df)
-        if p < alpha and boot.delta != 0:
-            verdict = "B worse" if boot.delta > 0 else "B better"
-        else:
-            verdict = "no significant difference"
+        t, df, welch = float(res.statistic), float(res.df), float(res.pvalue)
+    if boot.p_value < alpha and boot.delta != 0:
+        verdict = "B worse" if boot.delta > 0 else "B better"
+    else:
+        verdict = "no significant difference"
     return {
         "split": split, "utterances": len(reference),
         "speakers": len({s.speaker for s in reference}), "words": int(total), "blocks": blocks,
@@ -513,7 +523,7 @@ def compare_recipes_split(split: str, runs_a: Sequence[Sequence[UtteranceScore]]
         "wer_a": float(wer_a.mean()), "wer_b": float(wer_b.mean()),
         "sd_a": float(wer_a.std(ddof=1)), "sd_b": float(wer_b.std(ddof=1)),
         "delta": boot.delta, "delta_ci": [boot.low, boot.high],
-        "prob_b_worse": boot.prob_b_worse,
-        "welch_t": t, "welch_df": df, "welch_p": p,
+        "prob_b_worse": boot.prob_b_worse, "p": boot.p_value,
+        "welch_t": t, "welch_df": df, "welch_p": welch,
         "verdict": verdict,
     }
