@@ -41,7 +41,7 @@ from lowbit_asr.packed import export_packed
 from lowbit_asr.train.frontier import display_name, log_frontier_to_wandb, write_frontier
 from lowbit_asr.train.results import RESULT_FILE, git_commit
 from lowbit_asr.train.scoring import UtteranceScore, load_evaluation, totals
-from lowbit_asr.train.significance import compare_recipes_split, compare_split
+from lowbit_asr.train.significance import compare_split, compare_trainings
 
 REPRODUCE_SWEEP = CONF_DIR / "sweep" / "reproduce_grid.yaml"
 """The grid ``make reproduce`` trains: one list, in the sweep config (a multirun can run it too)."""
@@ -107,11 +107,7 @@ def compare_points(split: str, a: list[Path], b: list[Path]) -> dict | None:
     sb = [load_evaluation(d)[1] for d in b]
     if any(split not in x for x in [*sa, *sb]):
         return None
-    if len(a) > 1 and len(b) > 1:
-        c = compare_recipes_split(split, [x[split] for x in sa], [x[split] for x in sb])
-        return {**c, "test": "seeds"}
-    c = compare_split(split, sa[0][split], sb[0][split])
-    return {**c, "p": c["mapsswe_p"], "test": "MAPSSWE"}
+    return compare_trainings(split, [x[split] for x in sa], [x[split] for x in sb])
 
 
 def _train(args: list[str], run_dir: Path, log_path: Path) -> int:

@@ -213,31 +213,6 @@ class TrainConfig:
     experiment_name: str
 
 
-NOT_THE_RECIPE = {"dataset": ("seed", "cache_dir", "num_workers"),
-                  "trainer": ("enable_progress_bar", "log_every_n_steps")}
-"""Keys that change neither what a run trains nor how (where features are cached, how often
-it logs), besides the seed and the logger: runs that differ only in these are trainings of one
-recipe (:func:`recipe_id`). The loader's ``num_workers`` is here because the batches do not
-depend on it (one seeded sampler builds them; tests/data cover it)."""
-
-
-def recipe_id(cfg: TrainConfig) -> str:
-    """A short fingerprint of what a run trains, its seed left out: two runs with the same id
-    are two trainings of one recipe (e.g. ``seed=0,1,2``), which the frontier and ``lowbit-asr
-    compare --a/--b`` test as one. Everything else counts, thread counts included (another
-    round-off, another recipe: conservative)."""
-    doc: dict[str, Any] = {
-        "model": asdict(cfg.model), "dataset": asdict(cfg.dataset),
-        "quantizer": cfg.quantizer.to_config(), "optim": asdict(cfg.optim),
-        "trainer": asdict(cfg.trainer), "init": asdict(cfg.init),
-        "experiment_name": cfg.experiment_name}
-    for group, keys in NOT_THE_RECIPE.items():
-        for key in keys:
-            doc[group].pop(key, None)
-    text = json.dumps(doc, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def validate(cfg: Mapping[str, Any]) -> TrainConfig:
     """Check every group of a composed (resolved, plain-container) config; errors name keys."""
     known = {"model", "dataset", "quantizer", "optim", "trainer", "logger", "init", "seed",
@@ -308,13 +283,39 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _listed(key: str, keys: tuple[str, ...]) -> bool:
+    """``key`` (flattened) is one of ``keys`` or lies under one of its prefixes (ending ".")."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
+
+
+NOT_THE_RECIPE = ("seed", "dataset.seed", "dataset.cache_dir", "dataset.num_workers",
+                  "trainer.enable_progress_bar", "trainer.log_every_n_steps", "logger.")
+"""Keys (as :data:`RESUME_SAFE_KEYS`) that change neither what a run trains nor how: its seed,
+where features are cached, how often and where it logs. Runs that differ only in these are
+trainings of one recipe (:func:`recipe_id`). The loader's ``num_workers`` is here because the
+batches do not depend on it (one seeded sampler builds them; tests/data cover it). Thread
+counts are not: another round-off, another recipe (conservative)."""
+
+
+def recipe_id(cfg: TrainConfig) -> str:
+    """A short fingerprint of what a run trains, its seed left out: two runs with the same id
+    are two trainings of one recipe (e.g. ``seed=0,1,2``), which the frontier tests as one."""
+    doc = {"model": asdict(cfg.model), "dataset": asdict(cfg.dataset),
+           "quantizer": cfg.quantizer.to_config(), "optim": asdict(cfg.optim),
+           "trainer": asdict(cfg.trainer), "init": asdict(cfg.init),
+           "experiment_name": cfg.experiment_name}
+    kept = {k: v for k, v in flatten(doc).items() if not _listed(k, NOT_THE_RECIPE)}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def resume_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """What differs between the config a run folder was started with and this one, other than
     :data:`RESUME_SAFE_KEYS`: ``key: saved -> now`` lines (empty: the same experiment)."""
     old, new = flatten(saved), flatten(now)
     lines = []
     for key in sorted(set(old) | set(new)):
-        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_SAFE_KEYS):
+        if _listed(key, RESUME_SAFE_KEYS):
             continue
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
         if key == "trainer.max_steps" and isinstance(a, int) and isinstance(b, int) and b >= a:

@@ -35,8 +35,7 @@ from lowbit_asr.train.results import RESULT_FILE
 from lowbit_asr.train.scoring import UtteranceScore, load_evaluation
 from lowbit_asr.train.significance import (
     block_labels,
-    compare_recipes_split,
-    compare_split,
+    compare_trainings,
     holm,
     non_inferior,
     two_level_bootstrap,
@@ -224,13 +223,9 @@ def add_significance(flat: list[dict[str, Any]], groups: list[list[dict[str, Any
         for s in splits:
             if any(s not in x for x in [*ref_scores, *scores]):
                 continue
-            if len(group) > 1:
-                c = compare_recipes_split(s, [x[s] for x in ref_scores], [x[s] for x in scores])
-                p, test = c["p"], "seeds"
-            else:
-                c = compare_split(s, ref_scores[0][s], scores[0][s])
-                p, test = c["mapsswe_p"], "MAPSSWE"
-            item[f"test_{s}"] = test
+            c = compare_trainings(s, [x[s] for x in ref_scores], [x[s] for x in scores])
+            p = c["p"]
+            item[f"test_{s}"] = c["test"]
             item[f"delta_{s}"] = c["delta"]
             item[f"delta_low_{s}"], item[f"delta_high_{s}"] = c["delta_ci"]
             item[f"prob_worse_{s}"] = c["prob_b_worse"]

@@ -527,3 +527,16 @@ def compare_recipes_split(split: str, runs_a: Sequence[Sequence[UtteranceScore]]
         "welch_t": t, "welch_df": df, "welch_p": welch,
         "verdict": verdict,
     }
+
+
+def compare_trainings(split: str, a: Sequence[Sequence[UtteranceScore]],
+                      b: Sequence[Sequence[UtteranceScore]], alpha: float = 0.05,
+                      ) -> dict[str, Any]:
+    """B's trainings against A's (each a list of one or more evaluations of ``split``): the
+    recipe test (:func:`compare_recipes_split`, ``test: "seeds"``) when both sides have two or
+    more, else the per-model test of their first trainings (:func:`compare_split`, ``test:
+    "MAPSSWE"``); ``p`` is the deciding p-value either way."""
+    if len(a) > 1 and len(b) > 1:
+        return {**compare_recipes_split(split, a, b, alpha=alpha), "test": "seeds"}
+    c = compare_split(split, a[0], b[0], alpha=alpha)
+    return {**c, "p": c["mapsswe_p"], "test": "MAPSSWE"}
