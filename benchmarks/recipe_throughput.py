@@ -10,7 +10,13 @@ machines or moments. The corpus is the one under ``data/`` of the tree it is run
 into the others where they lack it). A callback added to Lightning's Trainer times steps
 0 .. N-1 (data loading included) and sums their audio, then ends the process: no validation or
 test runs are timed or waited for.
-Prints a markdown table (median of the repeats per tree, and their range).
+``--arm TREE 'OVERRIDES'`` adds a row that runs TREE with extra overrides after the common ones
+(e.g. a cheaper model in this tree beside the old commit):
+
+    python benchmarks/recipe_throughput.py --tree /path/to/old/checkout \\
+        --arm . '' --arm . 'model.encoder.ff_expansion=2' -- experiment=float_mini
+
+Prints a markdown table (median of the repeats per row, and their range).
 """
 
 from __future__ import annotations
@@ -77,42 +83,49 @@ def _measure(tree: Path, steps: int, overrides: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tree", nargs="+", default=["."], help="source trees to compare")
+    parser.add_argument("--tree", nargs="+", default=None, help="source trees to compare")
+    parser.add_argument("--arm", nargs=2, action="append", default=[], metavar=("TREE", "EXTRA"),
+                        help="one more row: TREE run with the common overrides plus EXTRA "
+                             "(space-separated overrides, '' for none)")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="lowbit-asr train overrides")
     args = parser.parse_args()
     here = Path.cwd()
-    trees = [Path(t).resolve() for t in args.tree]
-    results: dict[Path, list[dict]] = {tree: [] for tree in trees}
-    for tree in trees:
+    if args.tree is None and not args.arm:
+        args.tree = ["."]
+    # One row per tree (common overrides only) and per arm (tree + its own extra overrides).
+    arms = [(Path(t).resolve(), []) for t in args.tree or []]
+    arms += [(Path(t).resolve(), extra.split()) for t, extra in args.arm]
+    for tree in {tree for tree, _ in arms}:
         data = tree / "data"
         if not data.exists():
             data.symlink_to(here / "data")
-    # Interleaved (A, B, A, B, ...): drift in the machine's speed hits every tree alike.
+    results: list[list[dict]] = [[] for _ in arms]
+    # Interleaved (A, B, A, B, ...): drift in the machine's speed hits every row alike.
     for _ in range(args.repeats):
-        for tree in trees:
-            results[tree].append(_measure(tree, args.steps, args.overrides))
+        for i, (tree, extra) in enumerate(arms):
+            results[i].append(_measure(tree, args.steps, [*args.overrides, *extra]))
     rows = []
-    for tree in trees:
+    for (tree, extra), runs in zip(arms, results):
         commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--",
                                 "src", "conf"], capture_output=True, text=True).stdout.strip()
-        seconds = statistics.median(r["seconds"] for r in results[tree])
-        audio = results[tree][0]["audio_seconds"]
-        spread = (min(r["seconds"] for r in results[tree]),
-                  max(r["seconds"] for r in results[tree]))
-        rows.append((tree, commit + ("-dirty" if dirty else ""), args.steps, audio, seconds,
+        seconds = statistics.median(r["seconds"] for r in runs)
+        audio = runs[0]["audio_seconds"]
+        spread = (min(r["seconds"] for r in runs), max(r["seconds"] for r in runs))
+        label = tree.name + (f" + `{' '.join(extra)}`" if extra else "")
+        rows.append((label, commit + ("-dirty" if dirty else ""), args.steps, audio, seconds,
                      spread))
     print(f"`lowbit-asr train {' '.join(args.overrides)}`, steps 0..{args.steps - 1},"
           f" median of {args.repeats}\n")
-    print("| tree | commit | steps | audio s | train s (min–max) | audio s per s | vs first |")
+    print("| tree (+ its overrides) | commit | steps | audio s | train s (min–max) | audio s per s | vs first |")
     print("|---|---|---:|---:|---:|---:|---:|")
     base = rows[0][3] / rows[0][4]
-    for tree, commit, steps, audio, seconds, (low, high) in rows:
+    for label, commit, steps, audio, seconds, (low, high) in rows:
         rate = audio / seconds
-        print(f"| {tree.name} | {commit} | {steps} | {audio:.0f} | {seconds:.1f} ({low:.1f}–"
+        print(f"| {label} | {commit} | {steps} | {audio:.0f} | {seconds:.1f} ({low:.1f}–"
               f"{high:.1f}) | {rate:.1f} | {rate / base:.2f}× |")
 
 
