@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lowbit_asr.cli import CONF_DIR, hydra_overrides
+from lowbit_asr.commands import apply_threads
 from lowbit_asr.data.config import DatasetConfig
 from lowbit_asr.data.datamodule import AsrDataModule
 from lowbit_asr.packed import load_for_evaluation
@@ -41,11 +41,7 @@ def default_out(checkpoint: str | Path) -> Path:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint or packed file on every requested split."""
-    threads = cfg.threads
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
-        raise ValueError(f"threads must be an integer >= 0 (0 = torch's default), got {threads!r}")
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(cfg.threads)
     out = Path(cfg.out) if cfg.out else default_out(cfg.checkpoint)
     if out.resolve() == Path(cfg.checkpoint).resolve():
         raise ValueError(f"out={out} is the checkpoint itself: an evaluation is a folder")

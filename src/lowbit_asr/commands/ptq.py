@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lowbit_asr.cli import CONF_DIR, hydra_overrides
+from lowbit_asr.commands import apply_threads
 from lowbit_asr.files import write_text_atomic
 from lowbit_asr.train.results import RESULT_FILE, git_commit, result_row
 from lowbit_asr.train.scoring import EVALUATION_FILE, RUN_EVAL_DIR, evaluate_to, print_summary
@@ -63,11 +63,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     from lowbit_asr.data.datamodule import AsrDataModule
     from lowbit_asr.train.checkpoint import AtomicCheckpointIO
 
-    threads = cfg.threads
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
-        raise ValueError(f"threads must be an integer >= 0 (0 = torch's default), got {threads!r}")
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(cfg.threads)
     commit = git_commit()
     quantizer = OmegaConf.to_container(cfg.quantizer, resolve=True)
     module, saved = quantize_checkpoint(cfg.checkpoint, quantizer)

@@ -20,10 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lowbit_asr.cli import CONF_DIR
+from lowbit_asr.commands import apply_threads
 from lowbit_asr.files import write_text_atomic
 from lowbit_asr.transcribe import EVAL_BATCH_SECONDS, Recognizer, expand_inputs
 
@@ -51,11 +51,7 @@ def main(cfg: DictConfig) -> int:
     """Transcribe every file; 1 if any could not be read."""
     if cfg.format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {cfg.format!r}")
-    threads = cfg.threads
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
-        raise ValueError(f"threads must be an integer >= 0 (0 = torch's default), got {threads!r}")
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(cfg.threads)
     inputs = list(cfg.audio) if isinstance(cfg.audio, ListConfig) else [str(cfg.audio)]
     paths = expand_inputs(inputs)
     if cfg.out is not None:
