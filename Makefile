@@ -66,10 +66,11 @@ DATA_ROOT ?=
 TRAINER ?= cpu
 EXPERIMENT ?= $(if $(filter librispeech,$(DATASET)),librispeech,mini)
 SEEDS ?= 1
-reproduce: install ## Data -> float -> QAT grid -> frontier -> RESULTS.md (DATASET=librispeech DATA_ROOT=… TRAINER=ddp SEEDS=3)
+FLOAT_SEEDS ?= 0
+reproduce: install ## Data -> float -> QAT grid -> frontier -> RESULTS.md (DATASET=librispeech DATA_ROOT=… TRAINER=ddp SEEDS=3 FLOAT_SEEDS=1)
 	env $(CPU_NUMERICS) $(VENV)/bin/lowbit-asr reproduce --dataset $(DATASET) --trainer $(TRAINER) \
 	  --float-experiment float_$(EXPERIMENT) --qat-experiment qat_$(EXPERIMENT) --seeds $(SEEDS) \
-	  $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+	  $(if $(filter 1,$(FLOAT_SEEDS)),--float-seeds) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
 clean: ## Remove build and run artefacts (keeps .venv and data/)
 	rm -rf .pytest_cache .ruff_cache outputs multirun lightning_logs wandb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -137,3 +138,24 @@ def test_recipe_id_leaves_out_the_seed_and_locations_only(tmp_path):
     ids = {recipe_id(validate(_compose("experiment=float_mini", *o, root=tmp_path)))
            for o in other}
     assert base not in ids and len(ids) == len(other)
+
+
+def test_recipe_id_counts_an_init_checkpoint_by_the_recipe_that_trained_it(tmp_path):
+    # Fine-tunes of two float trainings of one recipe are trainings of one recipe; of another
+    # float recipe, of another checkpoint of the run, or of a file outside a run: not.
+    def run(name: str, recipe: str | None) -> Path:
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        row = {"status": "ok", **({"recipe": recipe} if recipe else {})}
+        (tmp_path / name / "results.json").write_text(json.dumps(row))
+        return tmp_path / name / "checkpoints"
+
+    def fine_tune(checkpoint: Path) -> str:
+        return recipe_id(validate(_compose("experiment=qat_mini", f"init.checkpoint={checkpoint}",
+                                           root=tmp_path)))
+
+    seed0, seed1, other, old = run("f0", "r1"), run("f1", "r1"), run("f2", "r2"), run("f3", None)
+    assert fine_tune(seed0 / "best.ckpt") == fine_tune(seed1 / "best.ckpt")
+    ids = [fine_tune(p) for p in (seed0 / "best.ckpt", seed0 / "last.ckpt", other / "best.ckpt",
+                                  old / "best.ckpt", tmp_path / "elsewhere.ckpt")]
+    assert len(set(ids)) == len(ids)
+    assert fine_tune(old / "best.ckpt") != fine_tune(old / "last.ckpt")  # by path

@@ -115,3 +115,34 @@ def test_reproduce_runs_every_stage_then_skips_them(tiny_corpus, tmp_path):
     text = results_md.read_text()
     assert "| **int2_asym (qat_mini) ×2** |" in text and "SEEDS=2" in text
     assert "`none (qat_mini) ×2`" not in text  # the reference is not tested against itself
+
+    # --float-seeds: the float stage N times, training k of a point from float model k. The
+    # seed-1 points above started from float model 0: they are refused, not silently reused.
+    floats = [*seeded, "--float-seeds"]
+    refused = subprocess.run(floats, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert f"{out / 'grid' / 'none.seed1'} was trained from" in refused.stderr
+    assert _done_row(out / "float.seed1")["seed"] == 1  # the float stage's second training
+
+    out2 = tmp_path / "repro2"
+    fresh = [*floats[:floats.index("--out")], "--out", str(out2),
+             *floats[floats.index("--out") + 2:]]
+    fresh[fresh.index("int2_asym", fresh.index("--grid"))] = "int4_sym"
+    fourth = subprocess.run(fresh, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    for name in ("none", "int4_sym"):
+        rows = [_done_row(out2 / "grid" / name), _done_row(out2 / "grid" / f"{name}.seed1")]
+        starts = [r["command"].split("init.checkpoint=")[1].split()[0] for r in rows]
+        assert "float.seed1" not in starts[0] and "/float.seed1/" in starts[1], starts
+        assert rows[0]["recipe"] == rows[1]["recipe"]  # two float trainings of one recipe
+    assert _done_row(out2 / "float")["recipe"] == _done_row(out2 / "float.seed1")["recipe"]
+    every = {r["quantizer"]: r for r in csv.DictReader((out2 / "frontier.csv").open())
+             if r["method"] != "ptq" and r["experiment"] != "float_mini"}
+    assert every["int4_sym"]["trainings"] == "2" and every["int4_sym"]["test_test-clean"] == "seeds"
+    assert "SEEDS=2 FLOAT_SEEDS=1" in results_md.read_text()
+
+
+def _done_row(run: Path) -> dict:
+    row = json.loads((run / "results.json").read_text())
+    assert row["status"] == "ok", row
+    return row

@@ -17,7 +17,11 @@ of a point lives in ``<point>.seed<k>`` beside it. The frontier then tests recip
 each point's trainings against the reference's by a two-level bootstrap (trainings and
 speakers; :func:`lowbit_asr.train.significance.compare_recipes_split`), and so do the claims and the
 allocation tables; one training per point (the default) keeps the per-model MAPSSWE tests. The
-float model's own training noise is not in these tests (every training starts from it).
+float model's own training noise is not in these tests (every training starts from it) unless
+``--float-seeds`` trains the float stage N times too (``float.seed<k>``, ``seed=k``) and starts
+training k of every point from float model k: then the tests are over the whole recipe, float
+stage included (N × the float stage's time). PTQ points and the allocator's sensitivities use
+float model 0. A point trained before from another float model is refused, not reused.
 
     lowbit-asr reproduce                                   # generated mini corpus, CPU
     lowbit-asr reproduce --dataset librispeech --data-root /data/LibriSpeech --trainer ddp \\
@@ -38,6 +42,7 @@ from omegaconf import OmegaConf
 
 from lowbit_asr.cli import CONF_DIR
 from lowbit_asr.packed import export_packed
+from lowbit_asr.train.config import RUN_CONFIG_FILE
 from lowbit_asr.train.frontier import display_name, log_frontier_to_wandb, write_frontier
 from lowbit_asr.train.results import RESULT_FILE, git_commit
 from lowbit_asr.train.scoring import UtteranceScore, load_evaluation, totals
@@ -108,6 +113,28 @@ def compare_points(split: str, a: list[Path], b: list[Path]) -> dict | None:
     if any(split not in x for x in [*sa, *sb]):
         return None
     return compare_trainings(split, [x[split] for x in sa], [x[split] for x in sb])
+
+
+def started_from(run_dir: Path) -> str | None:
+    """The ``init.checkpoint`` a run folder's training was configured with (None: none, or no
+    readable run config)."""
+    try:
+        saved = json.loads((run_dir / RUN_CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    init = saved.get("init") if isinstance(saved, dict) else None
+    return init.get("checkpoint") if isinstance(init, dict) else None
+
+
+def _same_start(run_dir: Path, checkpoint: str) -> str | None:
+    """None when ``run_dir`` was trained from ``checkpoint`` (the same string, or the same file
+    from here), else why it cannot be reused."""
+    saved = started_from(run_dir)
+    if saved is not None and (saved == checkpoint
+                              or Path(saved).resolve() == Path(checkpoint).resolve()):
+        return None
+    return (f"{run_dir} was trained from {saved}, this run starts it from {checkpoint}"
+            " (--float-seeds on or off since?): use another --out, or remove the folder")
 
 
 def _train(args: list[str], run_dir: Path, log_path: Path) -> int:
@@ -431,11 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1,
                         help="trainings per grid and allocated point (seed=0..N-1), tested as"
                         " recipes (default: %(default)s)")
+    parser.add_argument("--float-seeds", action="store_true",
+                        help="with --seeds N: train the float stage N times too and start"
+                        " training k of every point from float model k")
     parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
                         help="W&B mode of the frontier run (offline: files under --out/wandb)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, not {args.seeds}")
+    if args.float_seeds and args.seeds < 2:
+        parser.error("--float-seeds does nothing with one seed: add --seeds N (N >= 2)")
     out = args.out or Path("runs") / "reproduce" / args.dataset
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "reproduce.log"
@@ -453,21 +485,37 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([str(Path(sys.executable).parent / "lowbit-asr"), "corpus", "--size",
                         size], check=True)  # into its default root, the dataset config's
 
-    float_dir = out / "float"
-    if _done(float_dir):
-        say("stage 2/4: float baseline — done before, skipped")
-    else:
-        say(f"stage 2/4: float baseline ({args.float_experiment}); log in {log_path}")
-        if _train([f"experiment={args.float_experiment}", *common], float_dir, log_path):
-            say(f"float baseline failed: see {log_path}")
-            return 1
-    float_row = _done(float_dir)
-    assert float_row is not None
-    say(f"float baseline: WER {float_row['wer']}, {float_row['size_mb']:.3f} MB")
-    best = float_row.get("best_checkpoint") or str(float_dir / "checkpoints" / "last.ckpt")
-
     def seeds(k: int) -> list[str]:  # seed 0 is the config's: the one-seed command as before
         return [f"seed={k}"] if k else []
+
+    float_dir = out / "float"
+    starts = []  # the float checkpoint of each float training
+    for k in range(args.seeds if args.float_seeds else 1):
+        run = seed_dir(float_dir, k)
+        what = "stage 2/4: float baseline" + (f" seed {k}" if args.float_seeds else "")
+        if _done(run):
+            say(f"{what} — done before, skipped")
+        else:
+            say(f"{what} ({args.float_experiment}); log in {log_path}")
+            if _train([f"experiment={args.float_experiment}", *seeds(k), *common], run,
+                      log_path):
+                say(f"{what} failed: see {log_path}")
+                return 1
+        float_row = _done(run)
+        assert float_row is not None
+        say(f"{what}: WER {float_row['wer']}, {float_row['size_mb']:.3f} MB")
+        starts.append(float_row.get("best_checkpoint") or str(run / "checkpoints" / "last.ckpt"))
+    best = starts[0]  # PTQ and the allocator's sensitivities
+
+    def init_of(k: int) -> str:  # where training k of a point starts
+        return starts[k] if args.float_seeds else best
+
+    def reusable(run: Path, k: int) -> bool:  # finished, and from the float model it should be
+        if not _done(run):
+            return False
+        if why := _same_start(run, init_of(k)):
+            raise SystemExit(f"lowbit-asr reproduce: {why}")
+        return True
 
     args.grid = args.grid or sweep_quantizers()
     for i, quantizer in enumerate(args.grid, 1):
@@ -476,12 +524,11 @@ def main(argv: list[str] | None = None) -> int:
             run = seed_dir(point, k)
             what = (f"stage 3/4: grid {i}/{len(args.grid)} {quantizer}"
                     + (f" seed {k}" if args.seeds > 1 else ""))
-            row = _done(run)
-            if row:
+            if reusable(run, k):
                 say(f"{what} — done before, skipped")
                 continue
             code = _train([f"experiment={args.qat_experiment}", f"quantizer={quantizer}",
-                           f"init.checkpoint={best}", *seeds(k), *common], run, log_path)
+                           f"init.checkpoint={init_of(k)}", *seeds(k), *common], run, log_path)
             row = _done(run)
             if not row:
                 say(f"{what} FAILED (exit {code}); see {run / RESULT_FILE} and {log_path}")
@@ -534,14 +581,14 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.seeds):
             run = seed_dir(point, k)
             this = what + (f" seed {k}" if args.seeds > 1 else "")
-            if _done(run):
+            if reusable(run, k):
                 say(f"{this} — done before, skipped")
                 continue
             say(f"{this}: {allocation['predicted_bytes']:,} bytes within"
                 f" {allocation['budget_bits'] // 8:,}; training")
             code = _train([f"experiment={args.qat_experiment}", f"quantizer={name}",
-                           f"hydra.searchpath=[file://{policy_dir}]", f"init.checkpoint={best}",
-                           *seeds(k), *common], run, log_path)
+                           f"hydra.searchpath=[file://{policy_dir}]",
+                           f"init.checkpoint={init_of(k)}", *seeds(k), *common], run, log_path)
             row = _done(run)
             if not row:
                 say(f"{this} FAILED (exit {code}); see {run / RESULT_FILE} and {log_path}")
@@ -570,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
                                   else "")
     if args.seeds > 1:
         command += f" SEEDS={args.seeds}"
+    if args.float_seeds:
+        command += " FLOAT_SEEDS=1"
     write_results_section(args.results_md, args.dataset, out, command)
     say(f"done: {paths['md']}, {paths['png']}; section written to {args.results_md}")
     return 0

@@ -23,6 +23,7 @@ from lowbit_asr.model.rnnt import build_model
 from lowbit_asr.quant import QuantPolicy
 from lowbit_asr.schema import coerce
 from lowbit_asr.train.optim import OptimConfig
+from lowbit_asr.train.results import RESULT_FILE
 
 INIT_MODES = ("scratch", "float_ckpt")
 
@@ -297,12 +298,32 @@ batches do not depend on it (one seeded sampler builds them; tests/data cover it
 counts are not: another round-off, another recipe (conservative)."""
 
 
+def init_source(checkpoint: str) -> str:
+    """What a fine-tune starts from, as its recipe sees it: a checkpoint inside a finished run
+    folder of this project (``<run>/checkpoints/<name>``, ``<run>/results.json`` with a
+    ``recipe``) is *that recipe's* ``<name>`` — so fine-tunes of two float trainings of one
+    recipe (``reproduce --float-seeds``) are trainings of one recipe too; any other checkpoint
+    is its path (conservative: two paths, two recipes)."""
+    path = Path(checkpoint)
+    try:
+        row = json.loads((path.parent.parent / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return checkpoint
+    if path.parent.name != "checkpoints" or not isinstance(row, dict) or not row.get("recipe"):
+        return checkpoint
+    return f"recipe {row['recipe']}: {path.name}"
+
+
 def recipe_id(cfg: TrainConfig) -> str:
     """A short fingerprint of what a run trains, its seed left out: two runs with the same id
-    are two trainings of one recipe (e.g. ``seed=0,1,2``), which the frontier tests as one."""
+    are two trainings of one recipe (e.g. ``seed=0,1,2``), which the frontier tests as one.
+    The init checkpoint counts by :func:`init_source`."""
+    init = asdict(cfg.init)
+    if cfg.init.checkpoint:
+        init["checkpoint"] = init_source(cfg.init.checkpoint)
     doc = {"model": asdict(cfg.model), "dataset": asdict(cfg.dataset),
            "quantizer": cfg.quantizer.to_config(), "optim": asdict(cfg.optim),
-           "trainer": asdict(cfg.trainer), "init": asdict(cfg.init),
+           "trainer": asdict(cfg.trainer), "init": init,
            "experiment_name": cfg.experiment_name}
     kept = {k: v for k, v in flatten(doc).items() if not _listed(k, NOT_THE_RECIPE)}
     text = json.dumps(kept, sort_keys=True, default=str)
