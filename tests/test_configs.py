@@ -60,6 +60,8 @@ def test_experiment_is_a_delta_over_defaults(tmp_path):
     assert float_mini["model"]["encoder"]["conv_kernel"] == base["model"]["encoder"]["conv_kernel"]
     assert (float_mini["model"]["encoder"]["d_model"], base["model"]["encoder"]["d_model"]) == (
         160, 144)
+    assert (float_mini["model"]["encoder"]["ff_expansion"],
+            base["model"]["encoder"]["ff_expansion"]) == (2, 4)
     assert float_mini["dataset"]["tokenizer"]["units"] == "char"
     assert float_mini["dataset"]["perturb"]["speed"] == [0.9, 1.1]
     assert base["dataset"]["perturb"]["speed"] == [1.0, 1.0]
