@@ -146,3 +146,21 @@ def _done_row(run: Path) -> dict:
     row = json.loads((run / "results.json").read_text())
     assert row["status"] == "ok", row
     return row
+
+
+def test_a_finished_point_is_reused_only_from_the_float_model_it_started_from(tmp_path):
+    from lowbit_asr.commands.reproduce import _same_start, started_from
+
+    run, old = tmp_path / "point.seed1", tmp_path / "older"
+    run.mkdir()
+    old.mkdir()
+    start = str(tmp_path / "float.seed1" / "checkpoints" / "best.ckpt")
+    (run / "run_config.json").write_text(json.dumps({"init": {"checkpoint": start}}))
+    assert started_from(run) == start and started_from(old) is None
+    assert _same_start(run, start, unrecorded_ok=False) is None
+    other = str(tmp_path / "float" / "checkpoints" / "best.ckpt")
+    assert f"was trained from {start}, this run starts it from {other}" in _same_start(
+        run, other, unrecorded_ok=True)
+    # A run older than run_config.json: reused where only one float model was possible.
+    assert _same_start(old, other, unrecorded_ok=True) is None
+    assert "records no init.checkpoint" in _same_start(old, start, unrecorded_ok=False)

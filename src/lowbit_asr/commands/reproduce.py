@@ -126,12 +126,16 @@ def started_from(run_dir: Path) -> str | None:
     return init.get("checkpoint") if isinstance(init, dict) else None
 
 
-def _same_start(run_dir: Path, checkpoint: str) -> str | None:
+def _same_start(run_dir: Path, checkpoint: str, unrecorded_ok: bool) -> str | None:
     """None when ``run_dir`` was trained from ``checkpoint`` (the same string, or the same file
-    from here), else why it cannot be reused."""
+    from here) — or records nothing and ``unrecorded_ok`` (runs older than ``run_config.json``
+    could only start from the one float model) — else why it cannot be reused."""
     saved = started_from(run_dir)
-    if saved is not None and (saved == checkpoint
-                              or Path(saved).resolve() == Path(checkpoint).resolve()):
+    if saved is None:
+        return None if unrecorded_ok else (
+            f"{run_dir} records no init.checkpoint ({RUN_CONFIG_FILE}), so it cannot be shown"
+            f" to start from {checkpoint}: use another --out, or remove the folder")
+    if saved == checkpoint or Path(saved).resolve() == Path(checkpoint).resolve():
         return None
     return (f"{run_dir} was trained from {saved}, this run starts it from {checkpoint}"
             " (--float-seeds on or off since?): use another --out, or remove the folder")
@@ -513,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     def reusable(run: Path, k: int) -> bool:  # finished, and from the float model it should be
         if not _done(run):
             return False
-        if why := _same_start(run, init_of(k)):
+        if why := _same_start(run, init_of(k), unrecorded_ok=init_of(k) == best):
             raise SystemExit(f"lowbit-asr reproduce: {why}")
         return True
 
